@@ -1,0 +1,3 @@
+"""Scoreboard: a real-time top-K leaderboard server."""
+
+__version__ = "0.1.0"

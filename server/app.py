@@ -1,0 +1,168 @@
+"""Wiring: `create_app(settings)` builds the application, and `serve` runs it.
+
+This is the only place where components meet. Lifecycle (aiohttp
+`cleanup_ctx`): open and migrate the store, load the board with one indexed
+query, start the writer. Shutdown order: stop accepting, let in-flight
+requests finish, flush the last batch, close the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+
+from aiohttp import web
+
+from .board import Board
+from .catalog import ActionType
+from .config import Secrets, Settings, load_catalog, resolve_secrets
+from .http import BoardEncoder, Routes, error_middleware
+from .service import ScoreService, record_commit, resync
+from .store import open_store
+from .tokens import TokenVerifier
+from .writer import Writer
+
+log = logging.getLogger("scoreboard.app")
+
+SERVICE = web.AppKey("service", ScoreService)
+ENCODER = web.AppKey("encoder", BoardEncoder)
+SETTINGS = web.AppKey("settings", Settings)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    secrets: Secrets | None = None,
+    catalog: Mapping[str, ActionType] | None = None,
+) -> web.Application:
+    """The application for `settings`; storage opens when the app starts."""
+    secrets = secrets or resolve_secrets(settings)
+    catalog = catalog if catalog is not None else load_catalog(settings)
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    app[SETTINGS] = settings
+    verifier = TokenVerifier(
+        secrets.jwt_key,
+        clock=clock,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        leeway_s=settings.jwt_leeway_s,
+        max_bytes=settings.jwt_max_bytes,
+        cache_size=settings.token_cache_size,
+    )
+    app.cleanup_ctx.append(functools.partial(_storage, settings, clock, secrets, catalog))
+    Routes(
+        lambda: app[SERVICE],
+        lambda: app[ENCODER],
+        verifier,
+        max_body_bytes=settings.max_body_bytes,
+        readiness_timeout_s=settings.store_timeout_s,
+    ).add_to(app)
+    return app
+
+
+async def _storage(
+    settings: Settings,
+    clock: Callable[[], float],
+    secrets: Secrets,
+    catalog: Mapping[str, ActionType],
+    app: web.Application,
+) -> AsyncIterator[None]:
+    started = time.perf_counter()
+    store = await open_store(
+        settings.store_url,
+        timeout_s=settings.store_timeout_s,
+        pool_min=settings.pg_pool_min,
+        pool_max=settings.pg_pool_max,
+        sqlite_synchronous=settings.sqlite_synchronous,
+    )
+    try:
+        board = Board(settings.top_k, await store.top(settings.top_k))
+        writer = Writer(
+            store,
+            clock_us=lambda: int(clock() * 1_000_000),
+            on_commit=functools.partial(record_commit, board),
+            on_recover=functools.partial(resync, board, store),
+            flush_interval_s=settings.flush_interval_ms / 1000,
+            max_batch=settings.flush_max_batch,
+            max_queue=settings.queue_max,
+            timeout_s=settings.store_timeout_s,
+            retry_after_s=settings.retry_after_s,
+            probe_interval_s=settings.probe_interval_s,
+        )
+        app[SERVICE] = ScoreService(
+            board=board,
+            writer=writer,
+            store=store,
+            catalog=catalog,
+            ticket_secret=secrets.ticket_secret,
+            clock=clock,
+            max_delta=settings.max_delta,
+            ack_commit=settings.ack == "commit",
+            retry_after_s=settings.retry_after_s,
+            rate_limit_keys=settings.rate_limit_keys,
+        )
+        app[ENCODER] = BoardEncoder(board)
+        writer.start()
+        log.info(
+            "storage_ready",
+            extra={
+                "fields": {
+                    "store": settings.store_url.split(":", 1)[0],
+                    "board_entries": len(board.entries()),
+                    "ms": round((time.perf_counter() - started) * 1000, 1),
+                }
+            },
+        )
+        try:
+            yield
+        finally:
+            await writer.close(settings.shutdown_timeout_s)
+            log.info(
+                "writer_closed",
+                extra={"fields": {"batches": writer.batches, "committed": writer.committed}},
+            )
+    finally:
+        await store.close()
+
+
+async def start(app: web.Application, settings: Settings) -> tuple[web.AppRunner, int]:
+    """Start serving `app` on the configured address; returns the runner and port."""
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_timeout_s,
+        # Room for a token of jwt_max_bytes plus "Bearer " so an oversized
+        # token is refused by us with a JSON 401, not by the HTTP parser.
+        max_field_size=max(8190, settings.jwt_max_bytes * 2),
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    port = runner.addresses[0][1]
+    return runner, port
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    app = create_app(settings)
+    runner, port = await start(app, settings)
+    log.info("listening", extra={"fields": {"host": settings.host, "port": port, "ack": settings.ack}})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting_down")
+    finally:
+        await runner.cleanup()
+        log.info("stopped")

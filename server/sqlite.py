@@ -1,0 +1,253 @@
+"""Embedded SQLite store (the zero-setup default).
+
+WAL mode, one connection per thread: a writer thread that runs the batch
+transactions and a reader thread for rank and top-K queries, so reads never
+wait behind a commit's fsync. `synchronous=FULL` (the default) makes a
+committed batch survive power loss; `NORMAL` survives a process crash only.
+
+URL: `sqlite:///relative/path.db` or `sqlite:////absolute/path.db`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from .board import Entry
+from .store import (
+    BatchResult,
+    LedgerRow,
+    StorageError,
+    Update,
+    UserStanding,
+    finish_batch,
+    plan_batch,
+)
+
+T = TypeVar("T")
+
+# One entry per schema version; PRAGMA user_version records how many ran.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE users (
+        id          TEXT PRIMARY KEY,
+        username    TEXT,
+        score       INTEGER NOT NULL,
+        reached_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX users_by_rank ON users (score DESC, reached_at, id);
+    CREATE TABLE scores_log (
+        id          INTEGER PRIMARY KEY,
+        action_id   TEXT NOT NULL UNIQUE,
+        user_id     TEXT NOT NULL,
+        delta       INTEGER NOT NULL CHECK (delta > 0),
+        score_after INTEGER NOT NULL,
+        source      TEXT NOT NULL CHECK (source IN ('player', 'service')),
+        created_at  INTEGER NOT NULL
+    );
+    CREATE INDEX scores_log_by_user ON scores_log (user_id, id);
+    """,
+]
+
+_UPSERT_USER = """
+INSERT INTO users (id, username, score, reached_at, updated_at) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    score = users.score + excluded.score,
+    username = COALESCE(excluded.username, users.username),
+    reached_at = excluded.reached_at,
+    updated_at = excluded.updated_at
+RETURNING id, COALESCE(username, id), score, reached_at
+"""
+_INSERT_LEDGER = """
+INSERT INTO scores_log (action_id, user_id, delta, score_after, source, created_at)
+VALUES (?, ?, ?, ?, ?, ?)
+"""
+_TOP = """
+SELECT id, COALESCE(username, id), score, reached_at FROM users
+ORDER BY score DESC, reached_at, id LIMIT ?
+"""
+_USER = "SELECT id, COALESCE(username, id), score, reached_at FROM users WHERE id = ?"
+_RANK = """
+SELECT (SELECT count(*) FROM users WHERE score > ?1)
+     + (SELECT count(*) FROM users WHERE score = ?1 AND (reached_at < ?2 OR (reached_at = ?2 AND id < ?3)))
+     + 1
+"""
+_CHUNK = 500
+
+
+def sqlite_path(url: str) -> Path:
+    """The file path of a `sqlite:///...` URL."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise ValueError("SQLite URLs look like sqlite:///relative.db or sqlite:////absolute.db")
+    path = url[len(prefix) :].split("?", 1)[0]
+    if path == ":memory:":
+        raise ValueError("an in-memory SQLite database cannot be shared by the writer and readers")
+    return Path(path)
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _entry(row: tuple[str, str, int, int]) -> Entry:
+    return Entry(user_id=row[0], username=row[1], score=row[2], reached_at=row[3])
+
+
+class SqliteStore:
+    """The Store interface on one SQLite file."""
+
+    def __init__(self, path: Path, *, timeout_s: float, synchronous: str) -> None:
+        self._path = path
+        self._timeout_s = timeout_s
+        self._synchronous = synchronous
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
+        self._wcon: sqlite3.Connection | None = None
+        self._rcon: sqlite3.Connection | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(cls, url: str, *, timeout_s: float = 5.0, synchronous: str = "FULL") -> SqliteStore:
+        """Open the file (creating it and its directory), apply migrations."""
+        if synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
+            raise ValueError("sqlite synchronous must be FULL, NORMAL or EXTRA")
+        store = cls(sqlite_path(url), timeout_s=timeout_s, synchronous=synchronous.upper())
+        try:
+            await store._on(store._writer, store._open_writer)
+            await store._on(store._reader, store._open_reader)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self._path, timeout=self._timeout_s, isolation_level=None)
+        con.execute(f"PRAGMA busy_timeout = {int(self._timeout_s * 1000)}")
+        return con
+
+    def _open_writer(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        con = self._connect()
+        con.execute("PRAGMA journal_mode = WAL")
+        con.execute(f"PRAGMA synchronous = {self._synchronous}")
+        self._wcon = con
+        self._migrate(con)
+
+    def _open_reader(self) -> None:
+        self._rcon = self._connect()
+
+    @staticmethod
+    def _migrate(con: sqlite3.Connection) -> None:
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            version: int = con.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    con.execute(statement)
+                con.execute(f"PRAGMA user_version = {number}")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    async def _on(self, executor: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+        if self._closed:
+            raise StorageError("the store is closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn)
+        except sqlite3.Error as exc:
+            raise StorageError(f"sqlite: {exc}") from exc
+        except RuntimeError as exc:  # executor shut down under us
+            raise StorageError(str(exc)) from exc
+
+    def _require(self, con: sqlite3.Connection | None) -> sqlite3.Connection:
+        if con is None:
+            raise StorageError("the store is not open")
+        return con
+
+    async def apply_batch(self, batch: Sequence[Update], stamps: Sequence[int], now_us: int) -> BatchResult:
+        """Credit a batch in one transaction."""
+        return await self._on(self._writer, lambda: self._apply(batch, stamps, now_us))
+
+    def _apply(self, batch: Sequence[Update], stamps: Sequence[int], now_us: int) -> BatchResult:
+        con = self._require(self._wcon)
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            existing: dict[str, LedgerRow] = {}
+            for chunk in _chunks([u.action_id for u in batch], _CHUNK):
+                marks = ",".join("?" * len(chunk))
+                query = (
+                    "SELECT action_id, user_id, delta, score_after FROM scores_log "  # noqa: S608
+                    f"WHERE action_id IN ({marks})"
+                )
+                for row in con.execute(query, chunk):
+                    existing[row[0]] = LedgerRow(row[0], row[1], row[2], row[3])
+            plan = plan_batch(batch, stamps, existing)
+            standings: dict[str, Entry] = {}
+            for d in plan.users:
+                row = con.execute(
+                    _UPSERT_USER, (d.user_id, d.username, d.delta, d.reached_at, now_us)
+                ).fetchone()
+                standings[row[0]] = _entry(row)
+            result = finish_batch(plan, standings, now_us)
+            con.executemany(
+                _INSERT_LEDGER,
+                [
+                    (r.action_id, r.user_id, r.delta, r.score_after, r.source, r.created_at)
+                    for r in result.ledger
+                ],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("ROLLBACK")
+            raise
+        return result
+
+    async def top(self, k: int) -> list[Entry]:
+        """The best `k` users."""
+        con = self._require(self._rcon)
+        return await self._on(self._reader, lambda: [_entry(r) for r in con.execute(_TOP, (k,))])
+
+    async def standing(self, user_id: str) -> UserStanding | None:
+        """A user's entry and rank."""
+        con = self._require(self._rcon)
+
+        def read() -> UserStanding | None:
+            con.execute("BEGIN")
+            try:
+                row = con.execute(_USER, (user_id,)).fetchone()
+                if row is None:
+                    return None
+                rank: int = con.execute(_RANK, (row[2], row[3], row[0])).fetchone()[0]
+                return UserStanding(_entry(row), rank)
+            finally:
+                con.execute("COMMIT")
+
+        return await self._on(self._reader, read)
+
+    async def ping(self) -> None:
+        """Check that the file can be read."""
+        con = self._require(self._rcon)
+        await self._on(self._reader, lambda: con.execute("SELECT count(*) FROM users WHERE 0").fetchone())
+
+    async def close(self) -> None:
+        """Close both connections and their threads; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        for executor, con in ((self._writer, self._wcon), (self._reader, self._rcon)):
+            if con is not None:
+                await loop.run_in_executor(executor, con.close)
+            executor.shutdown(wait=False)
+        self._wcon = self._rcon = None

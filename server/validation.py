@@ -1,0 +1,105 @@
+"""Strict validation of request bodies, shared by every transport.
+
+Pure. Unknown members, wrong types (booleans and floats are not integers),
+empty strings, strings over the limit and missing members are refused with a
+`validation_failed` error naming the member.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import invalid
+from .tickets import MAX_TICKET_CHARS
+from .tokens import Role
+
+MAX_STRING_CHARS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateBody:
+    """A validated score update request (player or service shape)."""
+
+    action_id: str
+    ticket: str | None = None
+    user_id: str | None = None
+    score_delta: int | None = None
+    username: str | None = None
+
+
+_PLAYER_REQUIRED = ("actionId", "ticket")
+_PLAYER_ALLOWED = frozenset({"actionId", "ticket", "userId", "scoreDelta"})
+_SERVICE_REQUIRED = ("userId", "scoreDelta", "actionId")
+_SERVICE_ALLOWED = frozenset({"userId", "scoreDelta", "actionId", "username"})
+
+
+def text(body: Mapping[str, Any], name: str, limit: int = MAX_STRING_CHARS) -> str | None:
+    """An optional non-empty string member of at most `limit` characters."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise invalid(name, f"'{name}' must be a string.")
+    if not value or len(value) > limit:
+        raise invalid(name, f"'{name}' must be 1 to {limit} characters long.")
+    if not value.isprintable():
+        raise invalid(name, f"'{name}' must not contain control characters.")
+    return value
+
+
+def integer(body: Mapping[str, Any], name: str, low: int, high: int) -> int | None:
+    """An optional integer member in [low, high]; booleans and floats are refused."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid(name, f"'{name}' must be an integer.")
+    if not low <= value <= high:
+        raise invalid(name, f"'{name}' must be from {low} to {high}.")
+    return value
+
+
+def check_members(body: object, required: tuple[str, ...], allowed: frozenset[str]) -> Mapping[str, Any]:
+    """`body` as an object with every required member and nothing unknown."""
+    if not isinstance(body, dict):
+        raise invalid("body", "The body must be a JSON object.")
+    for name in sorted(body.keys() - allowed):
+        raise invalid(name, f"Unknown member '{name}'.")
+    for name in required:
+        if body.get(name) is None:
+            raise invalid(name, f"'{name}' is required.")
+    return body
+
+
+def parse_update(body: object, role: Role, *, max_delta: int) -> UpdateBody:
+    """Validate an update body for a player (ticket) or a service (delta)."""
+    if role is Role.SERVICE:
+        b = check_members(body, _SERVICE_REQUIRED, _SERVICE_ALLOWED)
+        return UpdateBody(
+            action_id=_required(text(b, "actionId")),
+            user_id=_required(text(b, "userId")),
+            score_delta=integer(b, "scoreDelta", 1, max_delta),
+            username=text(b, "username"),
+        )
+    b = check_members(body, _PLAYER_REQUIRED, _PLAYER_ALLOWED)
+    return UpdateBody(
+        action_id=_required(text(b, "actionId")),
+        ticket=text(b, "ticket", MAX_TICKET_CHARS),
+        user_id=text(b, "userId"),
+        # Range is checked against the ticket's points, not max_delta.
+        score_delta=integer(b, "scoreDelta", 1, 2**53),
+    )
+
+
+def _required(value: str | None) -> str:
+    if value is None:  # check_members already refused missing members
+        raise AssertionError("required member missing after check")
+    return value
+
+
+def parse_action_start(body: object) -> str:
+    """The action type of a `POST /api/actions` body."""
+    b = check_members(body, ("type",), frozenset({"type"}))
+    return _required(text(b, "type", 64))

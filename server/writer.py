@@ -1,0 +1,234 @@
+"""Group commit: one writer task turns queued updates into batch transactions.
+
+Handlers call `submit()`, which never awaits: it appends to a bounded queue
+and returns a future. The writer takes up to `max_batch` updates, commits them
+in one transaction, hands the committed result to `on_commit` (the board and
+the event log), and only then resolves the futures, so nothing is answered as
+credited before it is durable.
+
+When a batch fails (database stopped, connection cut, disk full, timeout) its
+updates and everything queued behind it fail with `storage_unavailable`, new
+submissions are refused at once, and a probe pings the store until it answers;
+then `on_recover` resynchronises the board and submissions are accepted again.
+A failed batch may still have committed (the reply can be lost after COMMIT):
+a retry then comes back as a duplicate with the original answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from .errors import Code, ScoreboardError
+from .store import BatchResult, Result, Store, Update
+
+log = logging.getLogger("scoreboard.writer")
+
+
+@dataclass(slots=True)
+class _Pending:
+    update: Update
+    future: asyncio.Future[Result]
+
+
+class Writer:
+    """Batches updates into transactions on `store`.
+
+    Limits: `max_batch` updates per transaction; `flush_interval_s` is how long
+    a batch may wait to fill once its first update is queued (0 flushes at
+    once, and updates that arrive during a commit form the next batch);
+    `max_queue` updates may wait in all (more are refused with `overloaded`);
+    a transaction taking longer than `timeout_s` counts as failed.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock_us: Callable[[], int],
+        on_commit: Callable[[Sequence[Update], BatchResult], None],
+        on_recover: Callable[[], Awaitable[None]],
+        flush_interval_s: float = 0.0,
+        max_batch: int = 1000,
+        max_queue: int = 20_000,
+        timeout_s: float = 5.0,
+        retry_after_s: float = 1.0,
+        probe_interval_s: float = 0.5,
+    ) -> None:
+        if max_batch < 1 or max_queue < max_batch:
+            raise ValueError("need 1 <= max_batch <= max_queue")
+        self._store = store
+        self._clock_us = clock_us
+        self._on_commit = on_commit
+        self._on_recover = on_recover
+        self._interval = flush_interval_s
+        self._max_batch = max_batch
+        self._max_queue = max_queue
+        self._timeout = timeout_s
+        self._retry_after = retry_after_s
+        self._probe_interval = probe_interval_s
+        self._queue: deque[_Pending] = deque()
+        self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        self._healthy = True
+        self._closing = False
+        self._last_stamp = 0
+        self._task: asyncio.Task[None] | None = None
+        self._probe: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.committed = 0
+
+    @property
+    def healthy(self) -> bool:
+        """False from a failed batch until the store answers again."""
+        return self._healthy
+
+    @property
+    def queued(self) -> int:
+        """Updates waiting for a batch."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        """Start the writer task."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="scoreboard-writer")
+
+    def submit(self, update: Update) -> asyncio.Future[Result]:
+        """Queue `update`; the future resolves once its batch committed.
+
+        Raises at once (never waits) when shutting down, when the store is
+        known to be down, or when the queue is full.
+        """
+        if self._closing:
+            raise ScoreboardError(
+                Code.SHUTTING_DOWN, "The server is shutting down.", retry_after=self._retry_after
+            )
+        if not self._healthy:
+            raise self._unavailable()
+        if len(self._queue) >= self._max_queue:
+            raise ScoreboardError(
+                Code.OVERLOADED,
+                "Too many updates are waiting to be stored.",
+                retry_after=self._retry_after,
+            )
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(update, future))
+        self._wake.set()
+        if len(self._queue) >= self._max_batch:
+            self._full.set()
+        return future
+
+    def _unavailable(self) -> ScoreboardError:
+        return ScoreboardError(
+            Code.STORAGE_UNAVAILABLE,
+            "Storage is unavailable; the update was not recorded.",
+            retry_after=self._retry_after,
+        )
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self._interval > 0 and len(self._queue) < self._max_batch and not self._closing:
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self._interval)
+            size = min(len(self._queue), self._max_batch)
+            await self._flush([self._queue.popleft() for _ in range(size)])
+
+    def _stamps(self, n: int) -> list[int]:
+        # Strictly increasing per process: ties on score rank by this order.
+        start = max(self._clock_us(), self._last_stamp + 1)
+        self._last_stamp = start + n - 1
+        return list(range(start, start + n))
+
+    async def _flush(self, batch: list[_Pending]) -> None:
+        updates = [p.update for p in batch]
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await self._store.apply_batch(updates, self._stamps(len(updates)), self._clock_us())
+        except asyncio.CancelledError:
+            self._fail(
+                batch,
+                ScoreboardError(Code.SHUTTING_DOWN, "The server stopped before storing the update."),
+            )
+            raise
+        except Exception as exc:
+            log.error("batch_failed", extra={"fields": {"size": len(batch), "error": repr(exc)}})
+            self._mark_down()
+            self._fail(batch, self._unavailable())
+            return
+        self.batches += 1
+        self.committed += len(result.ledger)
+        try:
+            self._on_commit(updates, result)
+        except Exception:
+            log.exception("on_commit_failed")
+        for pending, res in zip(batch, result.results, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(res)
+
+    def _fail(self, batch: Sequence[_Pending], error: ScoreboardError) -> None:
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(error)
+
+    def _mark_down(self) -> None:
+        # Everything still queued would hit the same wall: fail it now.
+        queued = list(self._queue)
+        self._queue.clear()
+        self._fail(queued, self._unavailable())
+        if self._healthy:
+            self._healthy = False
+            log.warning("storage_down", extra={"fields": {"failed_queued": len(queued)}})
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(self._recover(), name="scoreboard-probe")
+
+    async def _recover(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self._probe_interval)
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._store.ping()
+                    await self._on_recover()
+            except Exception as exc:
+                log.info("storage_probe_failed", extra={"fields": {"error": repr(exc)}})
+                continue
+            self._healthy = True
+            log.warning("storage_recovered")
+            return
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Refuse new updates, flush what is queued, stop; idempotent.
+
+        Updates still queued after `timeout_s` fail with `shutting_down`.
+        """
+        self._closing = True
+        self._wake.set()
+        self._full.set()
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+        task, self._task = self._task, None
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout_s)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        remaining = list(self._queue)
+        self._queue.clear()
+        self._fail(
+            remaining,
+            ScoreboardError(Code.SHUTTING_DOWN, "The server stopped before storing the update."),
+        )
