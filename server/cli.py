@@ -8,6 +8,7 @@ variable has a flag of the same name (SCOREBOARD_FLUSH_INTERVAL_MS is
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 import uuid
@@ -21,6 +22,7 @@ import uvloop
 from .app import serve
 from .config import ConfigError, Settings, parse_value, resolve_secrets
 from .logs import configure
+from .store import StorageError
 from .tickets import MAX_POINTS, Ticket, sign_ticket
 from .tokens import Role, mint_token
 
@@ -70,9 +72,15 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(overrides=overrides)
 
 
-def _serve(settings: Settings) -> None:
+def _serve(settings: Settings) -> int:
     configure(settings.log_level)
-    uvloop.run(serve(settings))
+    try:
+        uvloop.run(serve(settings))
+    except (StorageError, OSError) as exc:
+        # Storage unreachable at start, or the port is taken: one clear line.
+        logging.getLogger("scoreboard.app").error("startup_failed", extra={"fields": {"error": str(exc)}})
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,8 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
         if args.command == "serve":
-            _serve(settings)
-            return 0
+            return _serve(settings)
         secrets = resolve_secrets(settings)
     except ConfigError as exc:
         print(f"scoreboard: configuration error: {exc}", file=sys.stderr)

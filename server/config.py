@@ -151,6 +151,10 @@ class Settings:
             ),
             (self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024"),
             (self.jwt_max_bytes >= 256, "jwt_max_bytes must be at least 256"),
+            (
+                self.store_url.startswith(("sqlite:///", "postgresql://", "postgres://")),
+                "database_url must start with sqlite:/// or postgresql://",
+            ),
         ]
         for ok, message in checks:
             if not ok:

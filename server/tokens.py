@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from .errors import Code, ScoreboardError
 
-HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+HMAC_ALGORITHMS = ("HS256",)
 MIN_SECRET_BYTES = 32
 MAX_ID_CHARS = 128
 
@@ -50,7 +50,7 @@ class VerificationKey:
 
     @classmethod
     def from_secret(cls, secret: bytes) -> VerificationKey:
-        """An HMAC secret: accepts the HS family only."""
+        """An HMAC secret: accepts HS256 only."""
         if len(secret) < MIN_SECRET_BYTES:
             raise ValueError(f"JWT secret must be at least {MIN_SECRET_BYTES} bytes")
         return cls(secret, HMAC_ALGORITHMS)

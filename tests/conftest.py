@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +131,7 @@ async def server(start: StartServer, database_url: str) -> ServerHandle:
 
 
 @pytest.fixture
-def catalog_file(tmp_path: Path) -> Iterator[Path]:
+def catalog_file(tmp_path: Path) -> Path:
     """A catalog with a timed quest and a rate-limited action."""
     path = tmp_path / "actions.toml"
     path.write_text(
@@ -149,4 +149,4 @@ points = 2
 max_per_minute = 3
 """
     )
-    yield path
+    return path

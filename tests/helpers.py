@@ -118,10 +118,13 @@ class ServerHandle:
         async with self.session.get(self.url + path, **kw) as resp:
             return resp.status, await resp.json()
 
-    async def credit(self, user: str, delta: int, action_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    async def credit(
+        self, user: str, delta: int, action_id: str | None = None, **extra: Any
+    ) -> dict[str, Any]:
         """Credit with the service token; asserts success."""
-        status, body = await self.post("/scores/update", service_update(user, delta, action_id, **extra),
-                                       self.service_token)
+        status, body = await self.post(
+            "/scores/update", service_update(user, delta, action_id, **extra), self.service_token
+        )
         assert status == 200, body
         return dict(body)
 
@@ -157,7 +160,9 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settin
     return settings
 
 
-async def start_server(tmp_path: Path, database_url: str, *, clock: Any = None, **overrides: Any) -> ServerHandle:
+async def start_server(
+    tmp_path: Path, database_url: str, *, clock: Any = None, **overrides: Any
+) -> ServerHandle:
     """Start a server in this event loop (stop it with `handle.stop()`)."""
     settings = make_settings(tmp_path, database_url, **overrides)
     app = create_app(settings, clock=clock or time.time)

@@ -50,7 +50,9 @@ async def test_player_redeems_a_ticket(server: ServerHandle) -> None:
 async def test_duplicate_returns_the_original_answer(server: ServerHandle) -> None:
     await server.credit("carol", 10, "c-1")
     await server.credit("carol", 5, "c-2")
-    status, body = await server.post("/scores/update", service_update("carol", 10, "c-1"), server.service_token)
+    status, body = await server.post(
+        "/scores/update", service_update("carol", 10, "c-1"), server.service_token
+    )
     assert (status, body["newScore"], body["duplicate"]) == (200, 10, True)
     assert await server.top() == [{"rank": 1, "userId": "carol", "username": "carol", "score": 15}]
 
@@ -192,13 +194,11 @@ async def test_many_users_random_updates_match_a_brute_force_board(server: Serve
     rng = random.Random(7)
     totals: dict[str, int] = {}
     order: dict[str, int] = {}
-    step = 0
     for _ in range(8):
         batch = [(f"r{rng.randrange(40)}", rng.randrange(1, 20)) for _ in range(25)]
         results = await asyncio.gather(*(server.credit(u, d, uuid.uuid4().hex) for u, d in batch))
         for r in results:
             totals[r["userId"]] = max(totals.get(r["userId"], 0), r["newScore"])
-        step += 1
     top = await server.top()
     assert [u["score"] for u in top] == sorted(totals.values(), reverse=True)[:10]
     for u in top:
