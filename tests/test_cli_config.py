@@ -160,3 +160,13 @@ def test_unreachable_database_at_start_is_one_clear_error(tmp_path: Path) -> Non
     last = json.loads(result.stderr.strip().splitlines()[-1])
     assert last["event"] == "startup_failed"
     assert "Traceback" not in result.stderr
+
+
+def test_readme_documents_every_setting_and_error_code() -> None:
+    from server.errors import Code
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for f in fields(Settings):
+        assert f"`{f.metadata['env']}`" in readme, f.metadata["env"]
+    for code in Code:
+        assert f"`{code.value}`" in readme, code.value
