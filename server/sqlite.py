@@ -246,8 +246,13 @@ class SqliteStore:
             return
         self._closed = True
         loop = asyncio.get_running_loop()
-        for executor, con in ((self._writer, self._wcon), (self._reader, self._rcon)):
-            if con is not None:
-                await loop.run_in_executor(executor, con.close)
-            executor.shutdown(wait=False)
-        self._wcon = self._rcon = None
+        try:
+            for executor, con in ((self._writer, self._wcon), (self._reader, self._rcon)):
+                if con is not None:
+                    # A transaction still running in the thread is waited
+                    # for, but no longer than one store timeout.
+                    await asyncio.wait_for(loop.run_in_executor(executor, con.close), self._timeout_s)
+        finally:
+            for executor in (self._writer, self._reader):
+                executor.shutdown(wait=False)
+            self._wcon = self._rcon = None

@@ -96,6 +96,16 @@ class Writer:
         """Start the writer task."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="scoreboard-writer")
+            self._task.add_done_callback(self._on_task_done)
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        # A writer that died would leave every later update waiting forever:
+        # make it loud, and refuse new updates instead.
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("writer_died", exc_info=task.exception())
+            self._closing = True
+            self._fail(list(self._queue), self._unavailable())
+            self._queue.clear()
 
     def submit(self, update: Update) -> asyncio.Future[Result]:
         """Queue `update`; the future resolves once its batch committed.

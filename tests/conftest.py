@@ -95,6 +95,18 @@ async def database_url(
 
 
 @pytest.fixture
+async def pg_url(pg_admin_url: str | None) -> AsyncIterator[str]:
+    """A fresh PostgreSQL database (PostgreSQL-only tests)."""
+    if pg_admin_url is None:
+        pytest.skip(f"{PG_ENV} is not set")
+    url = await create_database(pg_admin_url)
+    try:
+        yield url
+    finally:
+        await drop_database(pg_admin_url, url)
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     """A fresh SQLite database file."""
     return f"sqlite:///{tmp_path / 'scoreboard.db'}"

@@ -1,0 +1,39 @@
+"""Structured logs: one JSON object a line, with the request id."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from server.logs import configure, request_id
+
+
+def test_json_lines_carry_request_id_fields_and_exceptions() -> None:
+    stream = io.StringIO()
+    configure("debug", stream)
+    log = logging.getLogger("scoreboard.test")
+    token = request_id.set("req-42")
+    try:
+        log.info("thing_happened", extra={"fields": {"user_id": "u", "delta": 3}})
+    finally:
+        request_id.reset(token)
+    try:
+        raise ValueError("boom\nsecond line")
+    except ValueError:
+        log.exception("it_failed")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert first["event"] == "thing_happened"
+    assert (first["request_id"], first["user_id"], first["delta"], first["level"]) == (
+        "req-42",
+        "u",
+        3,
+        "info",
+    )
+    assert first["ts"].endswith("Z")
+    assert second["event"] == "it_failed"
+    assert "request_id" not in second
+    assert "ValueError: boom" in second["exception"]
+    logging.getLogger().handlers.clear()
