@@ -3,7 +3,7 @@ read the board and a user's standing.
 
 An update travels in a straight line: the transport authenticates and parses
 JSON, `prepare_update` validates and authorises it into a store `Update`,
-the writer commits it in a batch, `on_commit` moves the board, and the
+the writer commits it in a batch, `record_commit` moves the board, and the
 transport answers with the result and the board.
 """
 
@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .board import Board, Entry
+from .board import Board
 from .catalog import ActionType
 from .errors import Code, ScoreboardError
 from .logs import request_id
@@ -39,14 +39,6 @@ class ActionStart:
     reward: int
     not_before: int
     expires_at: int
-
-
-@dataclass(frozen=True, slots=True)
-class Credited:
-    """The answer to an update: the store's result and the board after it."""
-
-    result: Result
-    board: tuple[Entry, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,12 +168,6 @@ class ScoreService:
     def submit(self, prepared: Prepared) -> asyncio.Future[Result]:
         """Queue a prepared update; raises at once if storage cannot take it."""
         return self.writer.submit(prepared.update)
-
-    async def update(self, identity: Identity, body: object) -> Credited:
-        """Validate, authorise, commit and answer one update (ACK=commit)."""
-        prepared = self.prepare_update(identity, body)
-        result = await self.submit(prepared)
-        return Credited(self.answer(prepared, result), self.board.entries())
 
     @staticmethod
     def answer(prepared: Prepared, result: Result) -> Result:
