@@ -236,9 +236,26 @@ class SqliteStore:
         return await self._on(self._reader, read)
 
     async def ping(self) -> None:
-        """Check that the file can be read."""
-        con = self._require(self._rcon)
-        await self._on(self._reader, lambda: con.execute("SELECT count(*) FROM users WHERE 0").fetchone())
+        """Check that a transaction can be written, as a batch must be.
+
+        A read alone succeeds on a full (or read-only) disk; rewriting the
+        header's user_version appends a WAL frame just as a batch commit does.
+        """
+        con = self._require(self._wcon)
+
+        def probe() -> None:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                version = int(con.execute("PRAGMA user_version").fetchone()[0])
+                con.execute(f"PRAGMA user_version = {version}")
+                con.execute("COMMIT")
+            except BaseException:
+                if con.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        con.execute("ROLLBACK")
+                raise
+
+        await self._on(self._writer, probe)
 
     async def close(self) -> None:
         """Close both connections and their threads; idempotent."""

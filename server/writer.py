@@ -162,16 +162,24 @@ class Writer:
 
     async def _flush(self, batch: list[_Pending]) -> None:
         updates = [p.update for p in batch]
+        attempt = asyncio.ensure_future(
+            self._store.apply_batch(updates, self._stamps(len(updates)), self._clock_us())
+        )
         try:
-            async with asyncio.timeout(self._timeout):
-                result = await self._store.apply_batch(updates, self._stamps(len(updates)), self._clock_us())
+            # shield: at the deadline the batch fails at once; the driver's own
+            # cleanup of the cancelled attempt (a CancelRequest and ROLLBACK over
+            # a link that may be dead) goes on in the background instead of
+            # holding every waiting request for up to another timeout.
+            result = await asyncio.wait_for(asyncio.shield(attempt), self._timeout)
         except asyncio.CancelledError:
+            _abandon(attempt)
             self._fail(
                 batch,
                 ScoreboardError(Code.SHUTTING_DOWN, "The server stopped before storing the update."),
             )
             raise
         except Exception as exc:
+            _abandon(attempt)
             log.error("batch_failed", extra={"fields": {"size": len(batch), "error": repr(exc)}})
             self._mark_down()
             self._fail(batch, self._unavailable())
@@ -242,3 +250,10 @@ class Writer:
             remaining,
             ScoreboardError(Code.SHUTTING_DOWN, "The server stopped before storing the update."),
         )
+
+
+def _abandon(attempt: asyncio.Future[BatchResult]) -> None:
+    """Cancel an attempt that is still running and retrieve its outcome when it ends."""
+    if not attempt.done():
+        attempt.cancel()
+    attempt.add_done_callback(lambda f: f.cancelled() or f.exception())
