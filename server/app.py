@@ -20,7 +20,7 @@ from aiohttp import web
 from .board import Board
 from .catalog import ActionType
 from .config import Secrets, Settings, load_catalog, resolve_secrets
-from .http import BoardEncoder, Routes, error_middleware
+from .http import BoardEncoder, RequestIds, Routes, error_middleware
 from .service import ScoreService, record_commit, resync
 from .store import open_store
 from .tokens import TokenVerifier
@@ -43,7 +43,9 @@ def create_app(
     """The application for `settings`; storage opens when the app starts."""
     secrets = secrets or resolve_secrets(settings)
     catalog = catalog if catalog is not None else load_catalog(settings)
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes, middlewares=[error_middleware(RequestIds())]
+    )
     app[SETTINGS] = settings
     verifier = TokenVerifier(
         secrets.jwt_key,

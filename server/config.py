@@ -84,8 +84,8 @@ class Settings:
     )
     flush_interval_ms: float = _opt(
         "SCOREBOARD_FLUSH_INTERVAL_MS",
-        "how long a batch waits to fill (0: flush at once, batching what arrives during a commit)",
-        default=0.0,
+        "how long the oldest queued update waits for others to share its commit (0: flush at once)",
+        default=2.0,
     )
     flush_max_batch: int = _opt("SCOREBOARD_FLUSH_MAX_BATCH", "updates per transaction", default=1000)
     queue_max: int = _opt(

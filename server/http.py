@@ -8,16 +8,18 @@ Every refusal, including unknown routes and oversized bodies, leaves as
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from .board import Board
 from .errors import Code, ScoreboardError, invalid
@@ -88,11 +90,31 @@ _HTTP_CODES: dict[int, tuple[Code, str]] = {
 }
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request ids, JSON errors for everything, and one log line per request."""
-    given = request.headers.get("X-Request-ID", "")
-    rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
+class RequestIds:
+    """Request ids: a random per-process prefix and a counter (uuid4 per request cost ~3% CPU)."""
+
+    __slots__ = ("_counter", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(4)
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter) % 2**32:08x}"
+
+
+def error_middleware(new_id: Callable[[], str]) -> Middleware:
+    """The middleware: request ids, JSON errors for everything, one log line per request."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        given = request.headers.get("X-Request-ID", "")
+        return await _handle(request, handler, given if _REQUEST_ID.match(given) else new_id())
+
+    return middleware
+
+
+async def _handle(request: web.Request, handler: Handler, rid: str) -> web.StreamResponse:
     token = request_id.set(rid)
     started = time.perf_counter()
     try:

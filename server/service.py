@@ -207,19 +207,22 @@ def record_commit(board: Board, updates: Sequence[Update], batch: BatchResult) -
         board.apply(entry)
     if not events.isEnabledFor(logging.INFO):
         return
-    request_ids = {u.action_id: u.request_id for u in updates}
-    for row in batch.ledger:
+    if batch.ledger:
+        request_ids = {u.action_id: u.request_id for u in updates}
         events.info(
             "score_credited",
             extra={
-                "request_id": request_ids.get(row.action_id),
-                "fields": {
-                    "user_id": row.user_id,
-                    "delta": row.delta,
-                    "score_after": row.score_after,
-                    "action_id": row.action_id,
-                    "source": row.source,
-                },
+                "events": [
+                    {
+                        "request_id": request_ids.get(row.action_id),
+                        "user_id": row.user_id,
+                        "delta": row.delta,
+                        "score_after": row.score_after,
+                        "action_id": row.action_id,
+                        "source": row.source,
+                    }
+                    for row in batch.ledger
+                ]
             },
         )
     for update, result in zip(updates, batch.results, strict=True):

@@ -33,6 +33,7 @@ log = logging.getLogger("scoreboard.writer")
 class _Pending:
     update: Update
     future: asyncio.Future[Result]
+    queued_at: float = 0.0
 
 
 class Writer:
@@ -125,8 +126,9 @@ class Writer:
                 "Too many updates are waiting to be stored.",
                 retry_after=self._retry_after,
             )
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(update, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
+        self._queue.append(_Pending(update, future, loop.time()))
         self._wake.set()
         if len(self._queue) >= self._max_batch:
             self._full.set()
@@ -148,9 +150,13 @@ class Writer:
                 await self._wake.wait()
                 continue
             if self._interval > 0 and len(self._queue) < self._max_batch and not self._closing:
-                self._full.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self._interval)
+                # The interval counts from the oldest queued update: a backlog
+                # that built up during the last commit has waited long enough.
+                wait = self._queue[0].queued_at + self._interval - asyncio.get_running_loop().time()
+                if wait > 0:
+                    self._full.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), wait)
             size = min(len(self._queue), self._max_batch)
             await self._flush([self._queue.popleft() for _ in range(size)])
 

@@ -22,9 +22,14 @@ def test_json_lines_carry_request_id_fields_and_exceptions() -> None:
         raise ValueError("boom\nsecond line")
     except ValueError:
         log.exception("it_failed")
+    log.info("batch", extra={"events": [{"request_id": "r1", "n": 1}, {"request_id": "r2", "n": 2}]})
     lines = stream.getvalue().splitlines()
-    assert len(lines) == 2
-    first, second = (json.loads(line) for line in lines)
+    assert len(lines) == 4
+    first, second, third, fourth = (json.loads(line) for line in lines)
+    # A batch of events is one line per item, each with the common members.
+    assert (third["event"], third["request_id"], third["n"]) == ("batch", "r1", 1)
+    assert (fourth["event"], fourth["request_id"], fourth["n"]) == ("batch", "r2", 2)
+    assert third["ts"] == fourth["ts"]
     assert first["event"] == "thing_happened"
     assert (first["request_id"], first["user_id"], first["delta"], first["level"]) == (
         "req-42",

@@ -130,14 +130,14 @@ async def test_credits_are_logged_as_events(server: ServerHandle, caplog: pytest
     caplog.set_level(logging.INFO, logger="scoreboard.events")
     await server.credit("logged", 7, "ev-1")
     await server.credit("logged", 7, "ev-1")  # a duplicate is not a new credit
-    events = [r for r in caplog.records if r.name == "scoreboard.events"]
-    assert [r.getMessage() for r in events] == ["score_credited"]
-    fields = events[0].fields  # type: ignore[attr-defined]
-    assert fields == {
+    records = [r for r in caplog.records if r.name == "scoreboard.events"]
+    assert [r.getMessage() for r in records] == ["score_credited"]
+    (event,) = records[0].events  # type: ignore[attr-defined]
+    assert event.pop("request_id")
+    assert event == {
         "user_id": "logged",
         "delta": 7,
         "score_after": 7,
         "action_id": "ev-1",
         "source": "service",
     }
-    assert events[0].request_id  # type: ignore[attr-defined]
