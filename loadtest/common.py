@@ -1,0 +1,406 @@
+"""Shared pieces of the load tests: the server as a pinned subprocess, scratch
+databases, CPU accounting, and the statistics and tables the scripts print.
+
+Not run by itself. Everything here talks to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+import asyncpg
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Secrets shared by the load generators and the servers they start (each at
+# least 32 bytes, as the server requires). They only ever protect throwaway
+# servers on 127.0.0.1.
+JWT_SECRET = "loadtest-jwt-secret-0123456789abcdef0123456789abcdef"
+TICKET_SECRET = "loadtest-ticket-secret-0123456789abcdef0123456789ab"
+
+PG_URL_ENV = "SCOREBOARD_BENCH_DATABASE_URL"
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+SERVER_CPU = 0
+CLIENT_CPU = 1
+
+
+def default_pg_url() -> str:
+    """The PostgreSQL server to create scratch databases on (an admin connection URL)."""
+    return os.environ.get(PG_URL_ENV) or os.environ.get("SCOREBOARD_TEST_DATABASE_URL") or DEFAULT_PG_URL
+
+
+def pin_to_cpu(cpu: int | None) -> None:
+    """Pin this process (the load generator) to one CPU, if the machine has it."""
+    if cpu is None or not hasattr(os, "sched_setaffinity"):
+        return
+    if cpu < (os.cpu_count() or 1):
+        os.sched_setaffinity(0, {cpu})
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# -- statistics ----------------------------------------------------------------
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of already sorted values; NaN if empty."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def median(values: Sequence[float]) -> float:
+    """Median of `values`, ignoring NaN; NaN if nothing is left."""
+    clean = sorted(v for v in values if not math.isnan(v))
+    if not clean:
+        return math.nan
+    mid = len(clean) // 2
+    return clean[mid] if len(clean) % 2 else (clean[mid - 1] + clean[mid]) / 2
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain-text table with right-aligned columns (Markdown-compatible pipes)."""
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    """A number for a table, '-' for NaN."""
+    return "-" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+# -- CPU accounting ----------------------------------------------------------------
+
+
+def core_ticks() -> dict[int, tuple[int, int]]:
+    """Per-core (busy, total) jiffies from /proc/stat (empty where unavailable)."""
+    out: dict[int, tuple[int, int]] = {}
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        name, *rest = line.split()
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        values = [int(v) for v in rest]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        out[int(name[3:])] = (sum(values[:8]) - idle, sum(values[:8]))
+    return out
+
+
+def core_busy(
+    before: Mapping[int, tuple[int, int]], after: Mapping[int, tuple[int, int]]
+) -> dict[int, float]:
+    """Per-core busy percentage between two `core_ticks()` samples (all processes)."""
+    busy: dict[int, float] = {}
+    for cpu, (b1, t1) in after.items():
+        b0, t0 = before.get(cpu, (b1, t1))
+        busy[cpu] = 100.0 * (b1 - b0) / (t1 - t0) if t1 > t0 else math.nan
+    return busy
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all threads (NaN if unreadable)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return math.nan
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- the server subprocess -----------------------------------------------------------
+
+
+class ServerError(RuntimeError):
+    """The server exited or never became ready."""
+
+
+class ServerProcess:
+    """`python -m server serve` in a subprocess, pinned with taskset, logging to a file.
+
+    `flags` are `scoreboard serve` flags without the leading dashes, e.g.
+    `{"flush-max-batch": "1"}`. The server's JSON log (stderr) goes to
+    `log_path`, so a full pipe can never stall it. `tree` is the checkout
+    whose `server` package runs (default: this repository).
+    """
+
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        workdir: Path,
+        flags: Mapping[str, str] | None = None,
+        cpu: int | None = SERVER_CPU,
+        log_level: str = "info",
+        port: int | None = None,
+        ack: str = "commit",
+        tree: Path | None = None,
+    ) -> None:
+        self.database_url = database_url
+        self.workdir = workdir
+        self.flags = dict(flags or {})
+        self.cpu = cpu
+        self.log_level = log_level
+        self.port = port or free_port()
+        self.ack = ack
+        # `python -m server` imports the `server` package of the working
+        # directory first, so another checkout (a patch to compare) can run.
+        self.tree = tree or REPO
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"server-{self.port}-{uuid.uuid4().hex[:6]}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = math.nan
+        self._log: IO[bytes] | None = None
+
+    def command(self) -> list[str]:
+        """The argv that starts the server (with the taskset prefix when pinned)."""
+        argv = [sys.executable, "-m", "server", "serve"]
+        for name, value in self.flags.items():
+            argv += [f"--{name}", value]
+        taskset = shutil.which("taskset")
+        if self.cpu is not None and taskset is not None and self.cpu < (os.cpu_count() or 1):
+            argv = [taskset, "-c", str(self.cpu), *argv]
+        return argv
+
+    def environment(self) -> dict[str, str]:
+        """The parent's environment without any SCOREBOARD_* setting, plus this server's."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOARD_")}
+        env.update(
+            SCOREBOARD_HOST="127.0.0.1",
+            SCOREBOARD_PORT=str(self.port),
+            SCOREBOARD_DATABASE_URL=self.database_url,
+            SCOREBOARD_DATA_DIR=str(self.workdir / "data"),
+            SCOREBOARD_JWT_SECRET=JWT_SECRET,
+            SCOREBOARD_TICKET_SECRET=TICKET_SECRET,
+            SCOREBOARD_ACK=self.ack,
+            SCOREBOARD_LOG_LEVEL=self.log_level,
+        )
+        return env
+
+    def start(self) -> None:
+        """Spawn the process; `started_at` is the perf_counter just before the spawn."""
+        self._log = self.log_path.open("wb")
+        self.started_at = time.perf_counter()
+        self.proc = subprocess.Popen(
+            self.command(),
+            cwd=self.tree,
+            env=self.environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        """The server's process id (taskset execs, so this is Python's)."""
+        if self.proc is None:
+            raise ServerError("the server was not started")
+        return self.proc.pid
+
+    def _check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise ServerError(f"the server exited with {self.proc.returncode}:\n{self.log_tail()}")
+
+    async def wait_ready(self, timeout_s: float = 30.0, poll_s: float = 0.005) -> float:
+        """Poll GET /readyz until it answers 200; returns seconds since `start()`."""
+        deadline = time.perf_counter() + timeout_s
+        timeout = aiohttp.ClientTimeout(total=2.0)
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            while time.perf_counter() < deadline:
+                self._check_alive()
+                try:
+                    async with session.get(self.url + "/readyz") as resp:
+                        await resp.read()
+                        if resp.status == 200:
+                            return time.perf_counter() - self.started_at
+                except (aiohttp.ClientError, OSError, TimeoutError):
+                    pass
+                await asyncio.sleep(poll_s)
+        raise ServerError(f"the server was not ready within {timeout_s} s:\n{self.log_tail()}")
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the server has used so far (all threads)."""
+        return process_cpu_seconds(self.pid)
+
+    async def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM and wait (SIGKILL after `timeout_s`); returns the exit code."""
+        proc = self.proc
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(proc.wait, timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                await asyncio.to_thread(proc.wait, 10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return proc.returncode if proc.returncode is not None else -1
+
+    def log_events(self) -> list[dict[str, Any]]:
+        """The server's JSON log lines (non-JSON lines are skipped)."""
+        events: list[dict[str, Any]] = []
+        try:
+            raw = self.log_path.read_bytes()
+        except OSError:
+            return events
+        for line in raw.splitlines():
+            with contextlib.suppress(orjson.JSONDecodeError):
+                doc = orjson.loads(line)
+                if isinstance(doc, dict):
+                    events.append(doc)
+        return events
+
+    def event(self, name: str) -> dict[str, Any] | None:
+        """The last log event called `name`."""
+        found = [e for e in self.log_events() if e.get("event") == name]
+        return found[-1] if found else None
+
+    def warnings(self) -> list[dict[str, Any]]:
+        """Log events at warning level or above."""
+        return [e for e in self.log_events() if e.get("level") in {"warning", "error", "critical"}]
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the server's log, for error messages."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+# -- scratch databases -----------------------------------------------------------
+
+
+def with_database(url: str, name: str) -> str:
+    """`url` pointing at database `name`."""
+    base, _, query = url.partition("?")
+    head, _, _ = base.rpartition("/")
+    return f"{head}/{name}" + (f"?{query}" if query else "")
+
+
+def database_name(url: str) -> str:
+    """The database a PostgreSQL URL points at."""
+    return url.partition("?")[0].rpartition("/")[2]
+
+
+async def create_pg_database(admin_url: str, prefix: str = "sb_bench") -> str:
+    """A new empty PostgreSQL database; returns its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    con = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        await con.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await con.close()
+    return with_database(admin_url, name)
+
+
+async def drop_pg_database(admin_url: str, url: str) -> None:
+    """Drop a database made by `create_pg_database` (closing its connections)."""
+    con = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        await con.execute(f'DROP DATABASE IF EXISTS "{database_name(url)}" WITH (FORCE)')
+    finally:
+        await con.close()
+
+
+def sqlite_file(url: str) -> Path:
+    """The file of a `sqlite:///...` URL."""
+    return Path(url[len("sqlite:///") :])
+
+
+def remove_sqlite(path: Path) -> None:
+    """Delete a SQLite database with its WAL and shared-memory files."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            Path(f"{path}{suffix}").unlink()
+
+
+@asynccontextmanager
+async def fresh_database(kind: str, *, workdir: Path, pg_admin_url: str) -> AsyncIterator[str]:
+    """A new, empty database of `kind` ('sqlite' or 'postgres'), removed afterwards."""
+    if kind == "sqlite":
+        path = workdir / f"bench-{uuid.uuid4().hex[:10]}.db"
+        try:
+            yield f"sqlite:///{path}"
+        finally:
+            remove_sqlite(path)
+        return
+    if kind != "postgres":
+        raise ValueError(f"unknown store {kind!r}; use sqlite or postgres")
+    url = await create_pg_database(pg_admin_url)
+    try:
+        yield url
+    finally:
+        await drop_pg_database(pg_admin_url, url)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerTotals:
+    """What a store holds after a run."""
+
+    ledger_rows: int
+    delta_sum: int
+    score_sum: int
+    users: int
+    # Every row of one batch carries the batch's commit time, so this counts transactions.
+    transactions: int
+
+
+_TOTALS = (
+    "SELECT (SELECT count(*) FROM scores_log), (SELECT coalesce(sum(delta), 0) FROM scores_log), "
+    "(SELECT coalesce(sum(score), 0) FROM users), (SELECT count(*) FROM users), "
+    "(SELECT count(DISTINCT created_at) FROM scores_log)"
+)
+
+
+async def ledger_totals(url: str) -> LedgerTotals:
+    """Row counts and sums of `scores_log` and `users` (read after the server stopped)."""
+    if url.startswith("sqlite:"):
+        con = sqlite3.connect(sqlite_file(url))
+        try:
+            row = con.execute(_TOTALS).fetchone()
+        finally:
+            con.close()
+        return LedgerTotals(*(int(v) for v in row[:5]))
+    pg = await asyncpg.connect(url, timeout=10)
+    try:
+        rec = await pg.fetchrow(_TOTALS)
+    finally:
+        await pg.close()
+    if rec is None:
+        raise RuntimeError("no totals")
+    return LedgerTotals(*(int(v) for v in tuple(rec)[:5]))
