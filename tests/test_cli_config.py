@@ -170,3 +170,21 @@ def test_readme_documents_every_setting_and_error_code() -> None:
         assert f"`{f.metadata['env']}`" in readme, f.metadata["env"]
     for code in Code:
         assert f"`{code.value}`" in readme, code.value
+
+
+def test_readme_ticket_example_mints_a_valid_ticket() -> None:
+    import re
+    import time
+
+    from server.tickets import parse_ticket
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = re.search(r"```python\n(.*?def mint_ticket.*?)```", readme, re.S)
+    assert block is not None
+    scope: dict[str, object] = {}
+    exec(block.group(1), scope)
+    secret = b"k" * 32
+    text = scope["mint_ticket"](secret, "act-9", "alice", 30)  # type: ignore[operator]
+    ticket = parse_ticket(secret, text)
+    assert (ticket.action_id, ticket.user_id, ticket.points) == ("act-9", "alice", 30)
+    assert ticket.not_before <= time.time() < ticket.expires_at
