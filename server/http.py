@@ -25,7 +25,7 @@ from .board import Board
 from .errors import Code, ScoreboardError, invalid
 from .logs import request_id
 from .service import ScoreService
-from .store import Result, StorageError
+from .store import Outcome, Result, StorageError
 from .tokens import Identity, TokenVerifier, bearer_token
 from .validation import MAX_STRING_CHARS
 
@@ -261,7 +261,7 @@ class Routes:
             "success": True,
             "userId": result.user_id,
             "newScore": result.new_score,
-            "duplicate": result.outcome.value == "duplicate",
+            "duplicate": result.outcome is Outcome.DUPLICATE,
             "topUsers": self._encoder().top_users(),
         }
 

@@ -97,6 +97,20 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[start : start + size]
 
 
+@contextlib.contextmanager
+def _write_transaction(con: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back if anything in between fails."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        con.execute("COMMIT")
+    except BaseException:
+        if con.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                con.execute("ROLLBACK")
+        raise
+
+
 def _entry(row: tuple[str, str, int, int]) -> Entry:
     return Entry(user_id=row[0], username=row[1], score=row[2], reached_at=row[3])
 
@@ -146,17 +160,12 @@ class SqliteStore:
 
     @staticmethod
     def _migrate(con: sqlite3.Connection) -> None:
-        con.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(con):
             version: int = con.execute("PRAGMA user_version").fetchone()[0]
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in filter(str.strip, script.split(";")):
                     con.execute(statement)
                 con.execute(f"PRAGMA user_version = {number}")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
 
     async def _on(self, executor: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
         if self._closed:
@@ -179,8 +188,7 @@ class SqliteStore:
 
     def _apply(self, batch: Sequence[Update], stamps: Sequence[int], now_us: int) -> BatchResult:
         con = self._require(self._wcon)
-        con.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(con):
             existing: dict[str, LedgerRow] = {}
             for chunk in _chunks([u.action_id for u in batch], _CHUNK):
                 marks = ",".join("?" * len(chunk))
@@ -205,12 +213,6 @@ class SqliteStore:
                     for r in result.ledger
                 ],
             )
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    con.execute("ROLLBACK")
-            raise
         return result
 
     async def top(self, k: int) -> list[Entry]:
@@ -244,16 +246,9 @@ class SqliteStore:
         con = self._require(self._wcon)
 
         def probe() -> None:
-            con.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_transaction(con):
                 version = int(con.execute("PRAGMA user_version").fetchone()[0])
                 con.execute(f"PRAGMA user_version = {version}")
-                con.execute("COMMIT")
-            except BaseException:
-                if con.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        con.execute("ROLLBACK")
-                raise
 
         await self._on(self._writer, probe)
 

@@ -77,23 +77,6 @@ async def drop_database(admin_url: str, url: str) -> None:
         await con.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def database_url(
-    request: pytest.FixtureRequest, tmp_path: Path, pg_admin_url: str | None
-) -> AsyncIterator[str]:
-    """A fresh database of each kind."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'scoreboard.db'}"
-        return
-    if pg_admin_url is None:
-        pytest.skip(f"{PG_ENV} is not set")
-    url = await create_database(pg_admin_url)
-    try:
-        yield url
-    finally:
-        await drop_database(pg_admin_url, url)
-
-
 @pytest.fixture
 async def pg_url(pg_admin_url: str | None) -> AsyncIterator[str]:
     """A fresh PostgreSQL database (PostgreSQL-only tests)."""
@@ -110,6 +93,12 @@ async def pg_url(pg_admin_url: str | None) -> AsyncIterator[str]:
 def sqlite_url(tmp_path: Path) -> str:
     """A fresh SQLite database file."""
     return f"sqlite:///{tmp_path / 'scoreboard.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """A fresh database of each kind."""
+    return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
 
 
 @pytest.fixture

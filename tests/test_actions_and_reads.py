@@ -155,3 +155,16 @@ async def test_expired_player_token_cannot_start_or_redeem(server: ServerHandle)
     assert (status, body["error"]["code"]) == (401, "token_expired")
     status, body = await server.post("/scores/update", service_update("late", 1), expired)
     assert status == 401
+
+
+async def test_memory_ack_refuses_expired_tickets_outright(
+    start: StartServer, sqlite_url: str, clock: FakeClock
+) -> None:
+    server = await start(sqlite_url, ack="memory", clock=clock)
+    tok = token("m", now=clock.now, ttl=7200)
+    body = ticket("m", 3, now=clock.now, ttl=60)
+    status, resp = await server.post("/scores/update", body, tok)
+    assert (status, resp["accepted"]) == (202, True)
+    clock.advance(61)
+    status, resp = await server.post("/scores/update", body, tok)
+    assert (status, resp["error"]["code"]) == (403, "ticket_expired")
