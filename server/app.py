@@ -11,26 +11,34 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 from aiohttp import web
 
 from .board import Board
+from .broadcast import Broadcaster, ConnectionCounter
 from .catalog import ActionType
 from .config import Secrets, Settings, load_catalog, resolve_secrets
+from .feed import Feed
 from .http import BoardEncoder, RequestIds, Routes, error_middleware
 from .service import ScoreService, record_commit, resync
-from .store import open_store
+from .sse import SseEndpoint
+from .store import BatchResult, Update, open_store
 from .tokens import TokenVerifier
 from .writer import Writer
+from .ws import WsEndpoint, WsLimits
 
 log = logging.getLogger("scoreboard.app")
 
 SERVICE = web.AppKey("service", ScoreService)
 ENCODER = web.AppKey("encoder", BoardEncoder)
+BROADCASTER = web.AppKey("broadcaster", Broadcaster)
 SETTINGS = web.AppKey("settings", Settings)
+WS = web.AppKey("ws", WsEndpoint)
+SSE = web.AppKey("sse", SseEndpoint)
 
 
 def create_app(
@@ -57,6 +65,33 @@ def create_app(
         cache_size=settings.token_cache_size,
     )
     app.cleanup_ctx.append(functools.partial(_storage, settings, clock, secrets, catalog))
+    counter = ConnectionCounter(settings.max_connections_per_ip)
+    app[WS] = WsEndpoint(
+        lambda: app[SERVICE],
+        lambda: app[BROADCASTER],
+        verifier,
+        counter,
+        allowed_origins=settings.origins,
+        limits=WsLimits(
+            max_message_bytes=settings.ws_max_message_bytes,
+            messages_per_s=settings.ws_messages_per_s,
+            max_violations=settings.ws_max_violations,
+            heartbeat_s=settings.ws_heartbeat_s,
+            auth_timeout_s=settings.ws_auth_timeout_s,
+            max_buffer_bytes=settings.ws_max_buffer_bytes,
+            max_pending_updates=settings.ws_max_pending_updates,
+            close_timeout_s=min(5.0, settings.shutdown_timeout_s / 2),
+            sndbuf_bytes=settings.subscriber_sndbuf_bytes,
+        ),
+    )
+    app[SSE] = SseEndpoint(
+        lambda: app[BROADCASTER],
+        counter,
+        heartbeat_s=settings.sse_heartbeat_s,
+        retry_ms=settings.sse_retry_ms,
+        sndbuf_bytes=settings.subscriber_sndbuf_bytes,
+    )
+    app.on_shutdown.append(_close_streams)
     Routes(
         lambda: app[SERVICE],
         lambda: app[ENCODER],
@@ -64,7 +99,16 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         readiness_timeout_s=settings.store_timeout_s,
     ).add_to(app)
+    app.router.add_get("/ws", app[WS].handle)
+    app.router.add_get("/scores/stream", app[SSE].handle)
     return app
+
+
+async def _close_streams(app: web.Application) -> None:
+    # Runs after the listener stopped and before the last flush: sockets get
+    # their pending acks, then 1001; event streams end.
+    app[SSE].shutdown()
+    await app[WS].shutdown()
 
 
 async def _storage(
@@ -84,11 +128,29 @@ async def _storage(
     )
     try:
         board = Board(settings.top_k, await store.top(settings.top_k))
+        feed = Feed(_epoch(), board.entries(), history=settings.broadcast_history)
+        broadcaster = Broadcaster(
+            feed,
+            board,
+            clock=time.monotonic,
+            tick_s=settings.broadcast_tick_ms / 1000,
+            high_water=settings.subscriber_buffer_bytes,
+            stuck_timeout_s=settings.subscriber_stuck_s,
+        )
+
+        def on_commit(updates: Sequence[Update], batch: BatchResult) -> None:
+            record_commit(board, updates, batch)
+            broadcaster.board_changed()
+
+        async def on_recover() -> None:
+            await resync(board, store)
+            broadcaster.board_changed()
+
         writer = Writer(
             store,
             clock_us=lambda: int(clock() * 1_000_000),
-            on_commit=functools.partial(record_commit, board),
-            on_recover=functools.partial(resync, board, store),
+            on_commit=on_commit,
+            on_recover=on_recover,
             flush_interval_s=settings.flush_interval_ms / 1000,
             max_batch=settings.flush_max_batch,
             max_queue=settings.queue_max,
@@ -109,6 +171,7 @@ async def _storage(
             rate_limit_keys=settings.rate_limit_keys,
         )
         app[ENCODER] = BoardEncoder(board)
+        app[BROADCASTER] = broadcaster
         writer.start()
         log.info(
             "storage_ready",
@@ -124,12 +187,18 @@ async def _storage(
             yield
         finally:
             await writer.close(settings.shutdown_timeout_s)
+            broadcaster.close()
             log.info(
                 "writer_closed",
                 extra={"fields": {"batches": writer.batches, "committed": writer.committed}},
             )
     finally:
         await store.close()
+
+
+def _epoch() -> str:
+    """A new board history per process: start time plus randomness, in hex."""
+    return f"{int(time.time()):x}{secrets.token_hex(2)}"
 
 
 async def start(app: web.Application, settings: Settings) -> tuple[web.AppRunner, int]:

@@ -8,7 +8,9 @@ variable has a flag of the same name (SCOREBOARD_FLUSH_INTERVAL_MS is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import resource
 import sys
 import time
 import uuid
@@ -72,8 +74,19 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(overrides=overrides)
 
 
+def _raise_open_files_limit() -> None:
+    # Every subscriber is a socket: allow as many as the hard limit permits.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard)
+            )
+
+
 def _serve(settings: Settings) -> int:
     configure(settings.log_level)
+    _raise_open_files_limit()
     try:
         uvloop.run(serve(settings))
     except (StorageError, OSError) as exc:

@@ -109,6 +109,74 @@ class Settings:
     rate_limit_keys: int = _opt(
         "SCOREBOARD_RATE_LIMIT_KEYS", "user/action pairs tracked by max_per_minute", default=100_000
     )
+    allowed_origins: str = _opt(
+        "SCOREBOARD_ALLOWED_ORIGINS",
+        "comma-separated origins (https://game.example) allowed to open /ws, or * (default: same host only)",
+        default="",
+    )
+    max_connections_per_ip: int = _opt(
+        "SCOREBOARD_MAX_CONNECTIONS_PER_IP",
+        "open WebSocket and SSE connections per client address (0: no limit)",
+        default=256,
+    )
+    broadcast_tick_ms: float = _opt(
+        "SCOREBOARD_BROADCAST_TICK_MS", "at most one board diff per this many ms", default=50.0
+    )
+    broadcast_history: int = _opt(
+        "SCOREBOARD_BROADCAST_HISTORY",
+        "diffs kept for clients resuming with since / Last-Event-ID",
+        default=1024,
+    )
+    subscriber_buffer_bytes: int = _opt(
+        "SCOREBOARD_SUBSCRIBER_BUFFER_BYTES",
+        "unsent bytes after which a subscriber is conflated (skips diffs, gets a snapshot when drained)",
+        default=64 * 1024,
+    )
+    subscriber_sndbuf_bytes: int = _opt(
+        "SCOREBOARD_SUBSCRIBER_SNDBUF_BYTES",
+        "kernel send buffer of WebSocket and SSE sockets (Linux doubles it; 0: kernel default, up to MBs)",
+        default=32 * 1024,
+    )
+    subscriber_stuck_s: float = _opt(
+        "SCOREBOARD_SUBSCRIBER_STUCK_S",
+        "a conflated subscriber that does not drain is closed after this",
+        default=15.0,
+    )
+    ws_max_buffer_bytes: int = _opt(
+        "SCOREBOARD_WS_MAX_BUFFER_BYTES",
+        "unsent bytes after which a socket that is not reading its acks is closed",
+        default=1024 * 1024,
+    )
+    ws_max_message_bytes: int = _opt(
+        "SCOREBOARD_WS_MAX_MESSAGE_BYTES", "largest client message (larger: close 1009)", default=16 * 1024
+    )
+    ws_messages_per_s: int = _opt(
+        "SCOREBOARD_WS_MESSAGES_PER_S",
+        "client messages per second per socket (more: error rate_limited)",
+        default=50,
+    )
+    ws_max_violations: int = _opt(
+        "SCOREBOARD_WS_MAX_VIOLATIONS", "rate-limited messages in a row before close 1008", default=20
+    )
+    ws_max_pending_updates: int = _opt(
+        "SCOREBOARD_WS_MAX_PENDING_UPDATES", "updates per socket waiting for their acks", default=256
+    )
+    ws_heartbeat_s: float = _opt(
+        "SCOREBOARD_WS_HEARTBEAT_S",
+        "ping interval; a peer that misses the pong within half of it is closed",
+        default=20.0,
+    )
+    ws_auth_timeout_s: float = _opt(
+        "SCOREBOARD_WS_AUTH_TIMEOUT_S",
+        "an auth message must come first, within this many seconds",
+        default=10.0,
+    )
+    sse_heartbeat_s: float = _opt(
+        "SCOREBOARD_SSE_HEARTBEAT_S", "comment line sent this often on idle streams", default=15.0
+    )
+    sse_retry_ms: int = _opt(
+        "SCOREBOARD_SSE_RETRY_MS", "reconnect delay suggested to SSE clients", default=2000
+    )
     shutdown_timeout_s: float = _opt(
         "SCOREBOARD_SHUTDOWN_TIMEOUT_S",
         "grace for in-flight requests and the last flush",
@@ -151,6 +219,20 @@ class Settings:
             ),
             (self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024"),
             (self.jwt_max_bytes >= 256, "jwt_max_bytes must be at least 256"),
+            (self.max_connections_per_ip >= 0, "max_connections_per_ip must be >= 0"),
+            (self.broadcast_tick_ms > 0, "broadcast_tick_ms must be > 0"),
+            (self.broadcast_history >= 1, "broadcast_history must be at least 1"),
+            (self.subscriber_buffer_bytes >= 1024, "subscriber_buffer_bytes must be at least 1024"),
+            (self.subscriber_sndbuf_bytes >= 0, "subscriber_sndbuf_bytes must be >= 0"),
+            (
+                self.ws_max_buffer_bytes > self.subscriber_buffer_bytes,
+                "ws_max_buffer_bytes must exceed subscriber_buffer_bytes",
+            ),
+            (self.ws_max_message_bytes >= 1024, "ws_max_message_bytes must be at least 1024"),
+            (self.ws_messages_per_s >= 1, "ws_messages_per_s must be at least 1"),
+            (self.ws_max_violations >= 1, "ws_max_violations must be at least 1"),
+            (self.ws_max_pending_updates >= 1, "ws_max_pending_updates must be at least 1"),
+            (self.ws_heartbeat_s > 0 and self.sse_heartbeat_s > 0, "heartbeats must be > 0"),
             (
                 self.store_url.startswith(("sqlite:///", "postgresql://", "postgres://")),
                 "database_url must start with sqlite:/// or postgresql://",
@@ -163,6 +245,11 @@ class Settings:
             value = getattr(self, name)
             if value is not None and len(value.encode()) < MIN_SECRET_BYTES:
                 raise ConfigError(f"SCOREBOARD_{name.upper()} must be at least {MIN_SECRET_BYTES} bytes")
+
+    @property
+    def origins(self) -> frozenset[str]:
+        """The parsed allow-list of WebSocket origins."""
+        return frozenset(o.strip().rstrip("/").lower() for o in self.allowed_origins.split(",") if o.strip())
 
     @property
     def store_url(self) -> str:

@@ -15,6 +15,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -57,6 +58,15 @@ STATUS: dict[Code, int] = {
     Code.SHUTTING_DOWN: 503,
 }
 
+STATIC_DIR = Path(__file__).parent / "static"
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+        "base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -209,6 +219,8 @@ class Routes:
         app.router.add_get("/api/users/{user_id}", self.user)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/", self.page)
+        app.router.add_static("/static/", STATIC_DIR)
 
     def _authenticate(self, request: web.Request) -> Identity:
         return self._verifier.verify(bearer_token(request.headers.get("Authorization")))
@@ -294,6 +306,10 @@ class Routes:
         return json_response(
             {"userId": e.user_id, "username": e.username, "score": e.score, "rank": standing.rank}
         )
+
+    async def page(self, request: web.Request) -> web.FileResponse:
+        """GET /: the live board page."""
+        return web.FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
 
     async def healthz(self, request: web.Request) -> web.Response:
         """GET /healthz: the process is alive."""

@@ -11,11 +11,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from server.app import SERVICE, create_app, start
+from server.app import BROADCASTER, SERVICE, WS, create_app, start
+from server.broadcast import Broadcaster
 from server.config import Settings
 from server.service import ScoreService
 from server.tickets import Ticket, sign_ticket
 from server.tokens import Role, mint_token
+from server.ws import WsEndpoint
 
 JWT_SECRET = "test-jwt-secret-0123456789abcdef-0123456789"
 TICKET_SECRET = "test-ticket-secret-0123456789abcdef-01234567"
@@ -105,6 +107,21 @@ class ServerHandle:
     def service(self) -> ScoreService:
         """The in-process service (for assertions only)."""
         return self.app[SERVICE]
+
+    @property
+    def broadcaster(self) -> Broadcaster:
+        """The in-process broadcaster (for assertions only)."""
+        return self.app[BROADCASTER]
+
+    @property
+    def ws_endpoint(self) -> WsEndpoint:
+        """The in-process WebSocket endpoint (for assertions only)."""
+        return self.app[WS]
+
+    @property
+    def ws_url(self) -> str:
+        """ws://host:port/ws"""
+        return self.url.replace("http://", "ws://") + "/ws"
 
     async def post(self, path: str, body: Any, tok: str | None = None, **kw: Any) -> tuple[int, Any]:
         """POST JSON; returns status and decoded JSON."""

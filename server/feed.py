@@ -1,0 +1,160 @@
+"""The board's change feed: numbered snapshots and diffs, a bounded history
+for resuming, and each event's wire encodings, made once.
+
+Pure: no I/O, no clock. `epoch` names one history (a new one per server
+start); `seq` grows by one per published change. A client that was at
+`<epoch>:<seq>` gets the diffs it missed if they are all still in the
+history, else a fresh snapshot: never a silent gap.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from .board import Entry, diff
+
+SNAPSHOT = "scoreboard:update"
+DIFF = "scoreboard:diff"
+
+
+def entry_json(rank: int, e: Entry) -> dict[str, object]:
+    """One board row as clients see it."""
+    return {"rank": rank, "userId": e.user_id, "username": e.username, "score": e.score}
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """An unmasked, unfragmented WebSocket text frame (RFC 6455, server to client)."""
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x81, n)
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + payload
+
+
+def http_chunk(data: bytes) -> bytes:
+    """`data` as one HTTP/1.1 chunk (for a response sent with chunked encoding)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+@dataclass(slots=True)
+class Event:
+    """One published message; its encodings are built on first use and shared."""
+
+    kind: str
+    epoch: str
+    seq: int
+    json: bytes
+    _ws: bytes | None = field(default=None, repr=False)
+    _sse: bytes | None = field(default=None, repr=False)
+    _sse_chunk: bytes | None = field(default=None, repr=False)
+
+    @property
+    def event_id(self) -> str:
+        """`<epoch>:<seq>`, the resume token."""
+        return f"{self.epoch}:{self.seq}"
+
+    def ws_frame(self) -> bytes:
+        """The WebSocket text frame carrying this event."""
+        if self._ws is None:
+            self._ws = ws_text_frame(self.json)
+        return self._ws
+
+    def sse(self) -> bytes:
+        """This event in Server-Sent Events format."""
+        if self._sse is None:
+            self._sse = b"event: %b\nid: %b\ndata: %b\n\n" % (
+                self.kind.encode(),
+                self.event_id.encode(),
+                self.json,
+            )
+        return self._sse
+
+    def sse_chunk(self) -> bytes:
+        """The SSE bytes as an HTTP/1.1 chunk."""
+        if self._sse_chunk is None:
+            self._sse_chunk = http_chunk(self.sse())
+        return self._sse_chunk
+
+
+def parse_since(token: str) -> tuple[str, int] | None:
+    """`(epoch, seq)` from `<epoch>:<seq>`, or None if malformed."""
+    epoch, sep, seq = token.strip().rpartition(":")
+    if not sep or not epoch or not seq.isdigit() or len(token) > 64:
+        return None
+    return epoch, int(seq)
+
+
+class Feed:
+    """Turns successive boards into numbered diffs and keeps the recent ones.
+
+    `history` bounds how many diffs are kept for resuming.
+    """
+
+    def __init__(self, epoch: str, board: Sequence[Entry], *, history: int = 1024) -> None:
+        self.epoch = epoch
+        self.seq = 0
+        self._board: tuple[Entry, ...] = tuple(board)
+        self._history: deque[Event] = deque(maxlen=history)
+        self._snapshot: Event | None = None
+
+    @property
+    def board(self) -> tuple[Entry, ...]:
+        """The board as of `seq`."""
+        return self._board
+
+    def publish(self, board: Sequence[Entry]) -> Event | None:
+        """The diff from the last published board to `board`, or None if equal."""
+        changes = diff(self._board, board)
+        if not changes:
+            return None
+        self.seq += 1
+        self._board = tuple(board)
+        self._snapshot = None
+        body = {
+            "type": DIFF,
+            "epoch": self.epoch,
+            "seq": self.seq,
+            "changes": [
+                {"rank": c.rank, "removed": True} if c.entry is None else entry_json(c.rank, c.entry)
+                for c in changes
+            ],
+        }
+        event = Event(DIFF, self.epoch, self.seq, orjson.dumps(body))
+        self._history.append(event)
+        return event
+
+    def snapshot(self) -> Event:
+        """The whole board as of `seq` (cached until the next change)."""
+        if self._snapshot is None:
+            body = {
+                "type": SNAPSHOT,
+                "epoch": self.epoch,
+                "seq": self.seq,
+                "topUsers": [entry_json(i + 1, e) for i, e in enumerate(self._board)],
+            }
+            self._snapshot = Event(SNAPSHOT, self.epoch, self.seq, orjson.dumps(body))
+        return self._snapshot
+
+    def since(self, token: str | None) -> list[Event]:
+        """What a client at `token` needs to reach `seq`: missed diffs, or a snapshot.
+
+        No token, another epoch, a position ahead of ours, or diffs no longer
+        in the history all give a snapshot. An up-to-date client gets nothing.
+        """
+        position = parse_since(token) if token else None
+        if position is None or position[0] != self.epoch or position[1] > self.seq:
+            return [self.snapshot()]
+        missed = self.seq - position[1]
+        if missed == 0:
+            return []
+        if missed > len(self._history):
+            return [self.snapshot()]
+        return list(self._history)[-missed:]

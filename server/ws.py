@@ -1,0 +1,446 @@
+"""WebSocket adapter: `GET /ws` for game clients that send updates and watch the board.
+
+One reader loop per connection parses messages and hands updates to the
+service; one reply task answers them in the order they were received. All
+outgoing frames are written synchronously to the connection's transport:
+replies and pongs directly, board events through the broadcaster, which
+shares one encoded frame among all subscribers. Nothing here awaits a slow
+peer: a connection whose unsent bytes exceed `max_buffer_bytes` (it is not
+reading even its acks) is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from .broadcast import Broadcaster, ConnectionCounter, limit_send_buffer
+from .errors import Code, ScoreboardError, invalid
+from .feed import Event, parse_since, ws_text_frame
+from .logs import request_id
+from .ratelimit import RateLimiter
+from .service import Prepared, ScoreService
+from .store import Outcome, Result
+from .tokens import Identity, TokenVerifier, bearer_token
+
+log = logging.getLogger("scoreboard.ws")
+
+CHANNEL = "scoreboard"
+MAX_ID_CHARS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class WsLimits:
+    """Per-connection limits (each one a setting)."""
+
+    max_message_bytes: int = 16 * 1024
+    messages_per_s: int = 50
+    max_violations: int = 20
+    heartbeat_s: float = 20.0
+    auth_timeout_s: float = 10.0
+    max_buffer_bytes: int = 1024 * 1024
+    max_pending_updates: int = 256
+    close_timeout_s: float = 5.0
+    sndbuf_bytes: int = 32 * 1024
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: frozenset[str]) -> bool:
+    """Whether a browser page from `origin` may open a socket to `host`.
+
+    Clients that send no Origin are not browsers and cannot be hijacked. With
+    an empty allow-list only the server's own host is allowed.
+    """
+    if origin is None:
+        return True
+    if "*" in allowed:
+        return True
+    if origin.rstrip("/").lower() in allowed:
+        return True
+    if allowed:
+        return False
+    parts = urlsplit(origin)
+    return bool(parts.scheme in ("http", "https") and host and parts.netloc.lower() == host.lower())
+
+
+@dataclass(slots=True)
+class _PendingAck:
+    ref: str | int
+    prepared: Prepared
+    future: asyncio.Future[Result]
+
+
+def _error_frame(ref: str | int | None, err: ScoreboardError) -> bytes:
+    return ws_text_frame(orjson.dumps({"type": "error", "id": ref, "error": err.as_dict()}))
+
+
+class WsConnection:
+    """One client's socket: a subscriber of the board and a source of updates."""
+
+    def __init__(
+        self,
+        conn_id: str,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport,
+        *,
+        service: ScoreService,
+        verifier: TokenVerifier,
+        broadcaster: Broadcaster,
+        identity: Identity | None,
+        token: str | None,
+        limits: WsLimits,
+        clock: Callable[[], float],
+    ) -> None:
+        self._conn_id = conn_id
+        self._ws = ws
+        self._transport = transport
+        self._service = service
+        self._verifier = verifier
+        self._broadcaster = broadcaster
+        self._identity = identity
+        self._token = token
+        self._limits = limits
+        self._clock = clock
+        self._opened = clock()
+        self._messages = 0
+        self._violations = 0
+        self._limiter = RateLimiter(window_s=1.0, max_keys=1)
+        self._replies: asyncio.Queue[bytes | _PendingAck] = asyncio.Queue()
+        self._pending = 0
+        self._closing = False
+        self._close_task: asyncio.Task[None] | None = None
+
+    # -- Subscriber -------------------------------------------------------
+
+    @property
+    def conn_id(self) -> str:
+        """Identifies the connection in logs."""
+        return self._conn_id
+
+    def buffered(self) -> int:
+        """Bytes not yet taken by the peer's socket."""
+        return self._transport.get_write_buffer_size()
+
+    def send_event(self, event: Event) -> None:
+        """Write a board event (one frame shared by every subscriber)."""
+        self._write(event.ws_frame())
+
+    def abort(self, code: int, reason: str) -> None:
+        """Close with `code`, without waiting for the peer."""
+        if self._close_task is None:
+            self._closing = True
+            self._broadcaster.unsubscribe(self)
+            self._close_task = asyncio.get_running_loop().create_task(self._close(code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                self._ws.close(code=code, message=reason.encode()), self._limits.close_timeout_s
+            )
+        if not self._transport.is_closing():
+            self._transport.abort()
+
+    # -- writing ----------------------------------------------------------
+
+    def _write(self, frame: bytes) -> None:
+        if self._transport.is_closing():
+            return
+        self._transport.write(frame)
+        if self._transport.get_write_buffer_size() > self._limits.max_buffer_bytes:
+            log.warning(
+                "ws_not_reading",
+                extra={"fields": {"conn_id": self._conn_id, "buffered": self.buffered()}},
+            )
+            self.abort(WSCloseCode.POLICY_VIOLATION, "not reading")
+
+    def _reply(self, item: bytes | _PendingAck) -> None:
+        self._replies.put_nowait(item)
+
+    def _refuse(self, ref: str | int | None, err: ScoreboardError) -> None:
+        self._reply(_error_frame(ref, err))
+
+    async def reply_loop(self) -> None:
+        """Answer updates and refusals in the order their messages came in."""
+        while True:
+            item = await self._replies.get()
+            try:
+                if isinstance(item, bytes):
+                    self._write(item)
+                else:
+                    self._write(await self._ack(item))
+            finally:
+                self._replies.task_done()
+
+    async def _ack(self, pending: _PendingAck) -> bytes:
+        try:
+            result = self._service.answer(pending.prepared, await pending.future)
+        except ScoreboardError as err:
+            return _error_frame(pending.ref, err)
+        finally:
+            self._pending -= 1
+        return ws_text_frame(
+            orjson.dumps(
+                {
+                    "type": "ack",
+                    "id": pending.ref,
+                    "success": True,
+                    "userId": result.user_id,
+                    "newScore": result.new_score,
+                    "duplicate": result.outcome is Outcome.DUPLICATE,
+                }
+            )
+        )
+
+    # -- reading ----------------------------------------------------------
+
+    def on_text(self, data: str) -> None:
+        """Handle one text message."""
+        self._messages += 1
+        try:
+            msg = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            self._refuse(None, ScoreboardError(Code.INVALID_JSON, f"The message is not valid JSON: {exc}."))
+            return
+        ref = msg.get("id") if isinstance(msg, dict) else None
+        if (
+            not isinstance(ref, str | int)
+            or isinstance(ref, bool)
+            or (isinstance(ref, str) and len(ref) > 128)
+        ):
+            ref = None
+        if self._limiter.acquire("", self._limits.messages_per_s, self._clock()) is not None:
+            self._violations += 1
+            if self._violations >= self._limits.max_violations:
+                self.abort(WSCloseCode.POLICY_VIOLATION, "rate limit exceeded")
+                return
+            self._refuse(
+                ref,
+                ScoreboardError(
+                    Code.RATE_LIMITED,
+                    f"At most {self._limits.messages_per_s} messages per second.",
+                    retry_after=1,
+                ),
+            )
+            return
+        self._violations = 0
+        if self._closing:
+            self._refuse(ref, ScoreboardError(Code.SHUTTING_DOWN, "The server is shutting down."))
+            return
+        try:
+            if not isinstance(msg, dict):
+                raise invalid("type", "A message must be a JSON object with a 'type'.")
+            self._dispatch(msg, ref)
+        except ScoreboardError as err:
+            self._refuse(ref, err)
+
+    def on_binary(self) -> None:
+        """Binary frames are refused: the protocol is JSON text."""
+        self._messages += 1
+        self._refuse(None, ScoreboardError(Code.INVALID_JSON, "Send JSON text frames, not binary ones."))
+
+    def _dispatch(self, msg: dict[str, Any], ref: str | int | None) -> None:
+        kind = msg.get("type")
+        if kind == "score.update":
+            self._update(msg, ref)
+        elif kind == "subscribe":
+            self._subscribe(msg)
+        elif kind == "unsubscribe":
+            self._channel(msg)
+            self._broadcaster.unsubscribe(self)
+        elif kind == "ping":
+            self._write(ws_text_frame(b'{"type":"pong"}'))
+        elif kind == "auth":
+            self._auth(msg, ref)
+        else:
+            raise invalid("type", "'type' must be subscribe, unsubscribe, score.update, ping or auth.")
+
+    @staticmethod
+    def _channel(msg: dict[str, Any]) -> None:
+        if msg.get("channel") != CHANNEL:
+            raise invalid("channel", f"'channel' must be '{CHANNEL}'.")
+
+    def _subscribe(self, msg: dict[str, Any]) -> None:
+        self._channel(msg)
+        since = msg.get("since")
+        if since is not None and (not isinstance(since, str) or parse_since(since) is None):
+            raise invalid("since", "'since' must be '<epoch>:<seq>' from an earlier event.")
+        self._broadcaster.subscribe(self, since)
+
+    def _auth(self, msg: dict[str, Any], ref: str | int | None) -> None:
+        token = msg.get("token")
+        if not isinstance(token, str) or not token:
+            raise invalid("token", "'token' must be a non-empty string.")
+        if self._identity is None and (
+            self._messages > 1 or self._clock() - self._opened > self._limits.auth_timeout_s
+        ):
+            raise ScoreboardError(
+                Code.UNAUTHORIZED,
+                "Authenticate with the first message, "
+                f"within {self._limits.auth_timeout_s:g} s of connecting.",
+            )
+        identity = self._verifier.verify(token)
+        if self._identity is not None and identity.user_id != self._identity.user_id:
+            raise ScoreboardError(Code.FORBIDDEN, "A connection cannot change its user; reconnect instead.")
+        self._identity, self._token = identity, token
+        self._reply(
+            ws_text_frame(
+                orjson.dumps({"type": "auth", "id": ref, "success": True, "userId": identity.user_id})
+            )
+        )
+
+    def _update(self, msg: dict[str, Any], ref: str | int | None) -> None:
+        if ref is None:
+            raise invalid("id", "'id' must be a string of at most 128 characters or an integer.")
+        if self._identity is None or self._token is None:
+            raise ScoreboardError(Code.UNAUTHORIZED, "Authenticate before sending updates.")
+        identity = self._verifier.verify(self._token)  # cached; catches expiry
+        if self._pending >= self._limits.max_pending_updates:
+            raise ScoreboardError(
+                Code.RATE_LIMITED,
+                f"At most {self._limits.max_pending_updates} updates may wait for their acks.",
+                retry_after=1,
+            )
+        body = {k: v for k, v in msg.items() if k not in ("type", "id")}
+        token = request_id.set(f"{self._conn_id}/{ref}")
+        try:
+            prepared = self._service.prepare_update(identity, body)
+            if not self._service.ack_commit:
+                if prepared.if_new is not None:
+                    raise prepared.if_new
+                self._service.submit(prepared).add_done_callback(_retrieve)
+                accepted = {
+                    "type": "ack",
+                    "id": ref,
+                    "success": True,
+                    "accepted": True,
+                    "userId": prepared.update.user_id,
+                }
+                self._reply(ws_text_frame(orjson.dumps(accepted)))
+                return
+            future = self._service.submit(prepared)
+        finally:
+            request_id.reset(token)
+        self._pending += 1
+        self._reply(_PendingAck(ref, prepared, future))
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop taking messages and wait until every queued reply was written."""
+        self._closing = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._replies.join(), timeout_s)
+
+
+def _retrieve(future: asyncio.Future[Result]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class WsEndpoint:
+    """`GET /ws`: checks, upgrade, and the life of each connection."""
+
+    def __init__(
+        self,
+        service: Callable[[], ScoreService],
+        broadcaster: Callable[[], Broadcaster],
+        verifier: TokenVerifier,
+        counter: ConnectionCounter,
+        *,
+        allowed_origins: frozenset[str],
+        limits: WsLimits,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._service = service
+        self._broadcaster = broadcaster
+        self._verifier = verifier
+        self._counter = counter
+        self._allowed = allowed_origins
+        self._limits = limits
+        self._clock = clock
+        self._connections: set[WsConnection] = set()
+        self._ids = 0
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Upgrade to a WebSocket after the Origin, token and per-address checks."""
+        if not origin_allowed(request.headers.get("Origin"), request.host, self._allowed):
+            raise ScoreboardError(Code.FORBIDDEN, "This Origin may not open a WebSocket here.")
+        if "token" in request.query or "access_token" in request.query:
+            raise ScoreboardError(
+                Code.UNAUTHORIZED,
+                "Tokens in the URL are not accepted; send an Authorization header or an auth message.",
+            )
+        identity = token = None
+        if "Authorization" in request.headers:
+            token = bearer_token(request.headers["Authorization"])
+            identity = self._verifier.verify(token)
+        address = request.remote or "?"
+        if not self._counter.acquire(address):
+            raise ScoreboardError(
+                Code.RATE_LIMITED, "Too many open connections from this address.", retry_after=5
+            )
+        try:
+            return await self._run(request, identity, token)
+        finally:
+            self._counter.release(address)
+
+    async def _run(
+        self, request: web.Request, identity: Identity | None, token: str | None
+    ) -> web.StreamResponse:
+        limits = self._limits
+        ws = web.WebSocketResponse(
+            heartbeat=limits.heartbeat_s, max_msg_size=limits.max_message_bytes, compress=False
+        )
+        await ws.prepare(request)
+        transport = request.transport
+        if transport is None:
+            return ws
+        limit_send_buffer(transport, limits.sndbuf_bytes)
+        self._ids += 1
+        conn = WsConnection(
+            f"ws-{self._ids}",
+            ws,
+            transport,
+            service=self._service(),
+            verifier=self._verifier,
+            broadcaster=self._broadcaster(),
+            identity=identity,
+            token=token,
+            limits=limits,
+            clock=self._clock,
+        )
+        self._connections.add(conn)
+        replies = asyncio.get_running_loop().create_task(conn.reply_loop())
+        log.debug("ws_open", extra={"fields": {"conn_id": conn.conn_id, "peer": request.remote}})
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    conn.on_text(msg.data)
+                elif msg.type is WSMsgType.BINARY:
+                    conn.on_binary()
+                else:
+                    break
+        finally:
+            self._broadcaster().unsubscribe(conn)
+            self._connections.discard(conn)
+            replies.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await replies
+            log.debug("ws_closed", extra={"fields": {"conn_id": conn.conn_id, "code": ws.close_code}})
+        return ws
+
+    async def shutdown(self) -> None:
+        """Close every socket with 1001 once its queued replies are written."""
+        conns = list(self._connections)
+        await asyncio.gather(*(c.drain(self._limits.close_timeout_s) for c in conns))
+        for c in conns:
+            c.abort(WSCloseCode.GOING_AWAY, "server shutting down")
