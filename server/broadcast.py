@@ -130,10 +130,17 @@ class Broadcaster:
         return self._behind
 
     def subscribe(self, sub: Subscriber, since: str | None = None) -> None:
-        """Add `sub` (again) and send what it needs to reach the current board."""
+        """Add `sub` (again) and send what it needs to reach the current board.
+
+        Missed diffs larger in all than the buffer bound are replaced by one
+        snapshot: a long absence must not flood the new connection.
+        """
         self._forget(sub)
         self._subs[sub] = None
-        for event in self.feed.since(since):
+        events = self.feed.since(since)
+        if len(events) > 1 and sum(len(e.json) for e in events) > self._high_water:
+            events = [self.feed.snapshot()]
+        for event in events:
             sub.send_event(event)
             self.deliveries += 1
 
@@ -172,8 +179,13 @@ class Broadcaster:
             if sub.buffered() > high:
                 self._subs[sub] = now
                 fell_behind += 1
-            else:
+                continue
+            try:
                 sub.send_event(event)
+            except Exception:  # one broken connection must not stop the others
+                log.exception("send_failed", extra={"fields": {"conn_id": sub.conn_id}})
+                sub.abort(1011, "send failed")
+            else:
                 sent += 1
         self.deliveries += sent
         self._behind += fell_behind

@@ -139,11 +139,12 @@ class ScoreboardClient:
         )
 
     async def close(self) -> None:
-        """Close the connection; idempotent."""
+        """Close the connection (and stop reconnecting); idempotent."""
         self._closed = True
         if self._ws is not None:
             await self._ws.close()
         if self._reader is not None:
+            self._reader.cancel()  # it may be waiting to reconnect
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
 
@@ -234,8 +235,10 @@ class ScoreboardClient:
             self._fail_pending("The connection was closed.")
             if self._closed or not self._reconnect:
                 return
-            ws = await self._reopen()
-            self._ws = ws
+            reopened = await self._reopen()
+            if reopened is None:
+                return
+            ws = self._ws = reopened
 
     def _on_message(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
@@ -260,9 +263,9 @@ class ScoreboardClient:
             if not future.done():
                 future.set_exception(ClientError("connection_lost", message))
 
-    async def _reopen(self) -> ClientConnection:
+    async def _reopen(self) -> ClientConnection | None:
         delay = 0.1
-        while True:
+        while not self._closed:
             try:
                 ws = await self._open()
             except (OSError, TimeoutError, ConnectionClosed):
@@ -276,3 +279,4 @@ class ScoreboardClient:
                     msg["since"] = self.board.position
                 await ws.send(orjson.dumps(msg).decode())
             return ws
+        return None

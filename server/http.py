@@ -24,6 +24,7 @@ from aiohttp.typedefs import Middleware
 
 from .board import Board
 from .errors import Code, ScoreboardError, invalid
+from .feed import entry_json
 from .logs import request_id
 from .service import ScoreService
 from .store import Outcome, Result, StorageError
@@ -176,17 +177,7 @@ class BoardEncoder:
         """The `topUsers` array as pre-encoded JSON."""
         if self._version != self._board.version:
             self._fragment = orjson.Fragment(
-                orjson.dumps(
-                    [
-                        {
-                            "rank": r.rank,
-                            "userId": r.entry.user_id,
-                            "username": r.entry.username,
-                            "score": r.entry.score,
-                        }
-                        for r in self._board.ranked()
-                    ]
-                )
+                orjson.dumps([entry_json(r.rank, r.entry) for r in self._board.ranked()])
             )
             self._version = self._board.version
         return self._fragment

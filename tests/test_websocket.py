@@ -402,3 +402,39 @@ async def test_expired_token_on_an_open_socket(start: StartServer, sqlite_url: s
         assert info.value.code == "token_expired"
         await client.authenticate(token("ttl", role=Role.SERVICE, now=clock.now, ttl=60))
         assert (await client.update(service_update("x", 1, uuid.uuid4().hex))).new_score == 2
+
+
+async def test_resume_with_more_missed_than_the_buffer_gets_a_snapshot(
+    start: StartServer, sqlite_url: str
+) -> None:
+    server = await start(sqlite_url, subscriber_buffer_bytes=1024, broadcast_tick_ms=1)
+    ws = await ws_connect(server)
+    await ws.send_str('{"type": "subscribe", "channel": "scoreboard"}')
+    snap = await recv(ws)
+    await ws.close()
+    for i in range(6):
+        await server.credit(f"big{i}", 1, username="n" * 120)
+        await asyncio.sleep(0.01)
+    missed = server.broadcaster.feed.since(f"{snap['epoch']}:{snap['seq']}")
+    assert len(missed) == 6 and missed[0].kind == "scoreboard:diff"  # all still in the history...
+    ws = await ws_connect(server)
+    since = f"{snap['epoch']}:{snap['seq']}"
+    await ws.send_str(orjson.dumps({"type": "subscribe", "channel": "scoreboard", "since": since}).decode())
+    fresh = await recv(ws)
+    # ...but together larger than a subscriber's buffer: one snapshot instead.
+    assert (fresh["type"], fresh["seq"]) == ("scoreboard:update", 6)
+    await ws.send_str('{"type": "ping"}')
+    assert await recv(ws) == {"type": "pong"}
+    await ws.close()
+
+
+async def test_client_close_stops_reconnecting(start: StartServer, sqlite_url: str) -> None:
+    server = await start(sqlite_url)
+    client = ScoreboardClient(server.ws_url, reconnect=True, max_backoff_s=0.05)
+    await client.connect()
+    await server.stop()  # the client starts trying to reconnect, in vain
+    await asyncio.sleep(0.2)
+    await asyncio.wait_for(client.close(), 2)
+    with pytest.raises(ClientError) as info:
+        await client.update(service_update("x", 1))
+    assert info.value.code == "connection_lost"
