@@ -173,6 +173,7 @@ class Broadcaster:
         self._last_publish = now
         high = self._high_water
         sent = fell_behind = 0
+        failed: list[Subscriber] = []
         for sub, behind_since in self._subs.items():
             if behind_since is not None:
                 continue
@@ -184,9 +185,13 @@ class Broadcaster:
                 sub.send_event(event)
             except Exception:  # one broken connection must not stop the others
                 log.exception("send_failed", extra={"fields": {"conn_id": sub.conn_id}})
-                sub.abort(1011, "send failed")
+                failed.append(sub)
             else:
                 sent += 1
+        # Aborting unsubscribes, which must not happen while iterating.
+        for sub in failed:
+            self.unsubscribe(sub)
+            sub.abort(1011, "send failed")
         self.deliveries += sent
         self._behind += fell_behind
         self.conflations += fell_behind
