@@ -256,3 +256,59 @@ async def test_shutdown_flushes_acks_then_closes_1001(start: StartServer, databa
     await server.session.close()
     again = await start(database_url)
     assert (await again.get("/api/users/bye"))[1]["score"] == 20
+
+
+async def test_socket_that_does_not_read_its_acks_is_closed(
+    start: StartServer, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="scoreboard.ws")
+    server = await start(
+        sqlite_url,
+        subscriber_buffer_bytes=1024,
+        ws_max_buffer_bytes=4096,
+        subscriber_sndbuf_bytes=2048,
+        ws_messages_per_s=10_000,
+        ws_max_pending_updates=10_000,
+    )
+    host, port = address(server)
+    peer = await raw_peer(
+        host, port, rcvbuf=4096, headers=f"Authorization: Bearer {server.service_token}\r\n"
+    )
+    for i in range(600):
+        try:
+            await peer.send({"type": "score.update", "id": i, **service_update("deaf", 1, f"deaf-{i}")})
+        except OSError:
+            break
+        if not server.ws_endpoint._connections:
+            break
+    for _ in range(100):
+        if len(server.ws_endpoint) == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert len(server.ws_endpoint) == 0
+    assert any(r.getMessage() == "ws_not_reading" for r in caplog.records)
+    # Closing it lost nothing that was committed: the store holds every credit.
+    status, body = await server.get("/api/users/deaf")
+    assert status == 200
+    assert body["score"] == server.service.writer.committed > 0
+    peer.close()
+
+
+async def test_sse_resume_too_old_gets_a_snapshot(start: StartServer, sqlite_url: str) -> None:
+    server = await start(sqlite_url, broadcast_history=2, broadcast_tick_ms=1)
+    async with server.session.get(server.url + "/scores/stream") as resp:
+        events = sse_events(resp)
+        await anext(events)
+        first = await anext(events)
+    for i in range(5):
+        await server.credit(f"o{i}", i + 1)
+        await asyncio.sleep(0.01)
+    async with server.session.get(
+        server.url + "/scores/stream", headers={"Last-Event-ID": first.id or ""}
+    ) as resp:
+        events = sse_events(resp)
+        await anext(events)
+        fresh = await anext(events)
+        assert fresh.event == "scoreboard:update"
+        assert fresh.json()["seq"] == server.broadcaster.feed.seq
+        assert fresh.json()["topUsers"] == await server.top()
