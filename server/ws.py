@@ -213,7 +213,7 @@ class WsConnection:
         if (
             not isinstance(ref, str | int)
             or isinstance(ref, bool)
-            or (isinstance(ref, str) and len(ref) > 128)
+            or (isinstance(ref, str) and len(ref) > MAX_ID_CHARS)
         ):
             ref = None
         if self._limiter.acquire("", self._limits.messages_per_s, self._clock()) is not None:
@@ -298,7 +298,7 @@ class WsConnection:
 
     def _update(self, msg: dict[str, Any], ref: str | int | None) -> None:
         if ref is None:
-            raise invalid("id", "'id' must be a string of at most 128 characters or an integer.")
+            raise invalid("id", f"'id' must be a string of at most {MAX_ID_CHARS} characters or an integer.")
         if self._identity is None or self._token is None:
             raise ScoreboardError(Code.UNAUTHORIZED, "Authenticate before sending updates.")
         identity = self._verifier.verify(self._token)  # cached; catches expiry
