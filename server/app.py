@@ -36,7 +36,6 @@ log = logging.getLogger("scoreboard.app")
 SERVICE = web.AppKey("service", ScoreService)
 ENCODER = web.AppKey("encoder", BoardEncoder)
 BROADCASTER = web.AppKey("broadcaster", Broadcaster)
-SETTINGS = web.AppKey("settings", Settings)
 WS = web.AppKey("ws", WsEndpoint)
 SSE = web.AppKey("sse", SseEndpoint)
 
@@ -54,7 +53,6 @@ def create_app(
     app = web.Application(
         client_max_size=settings.max_body_bytes, middlewares=[error_middleware(RequestIds())]
     )
-    app[SETTINGS] = settings
     verifier = TokenVerifier(
         secrets.jwt_key,
         clock=clock,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,16 @@ from server.ws import WsEndpoint
 
 JWT_SECRET = "test-jwt-secret-0123456789abcdef-0123456789"
 TICKET_SECRET = "test-ticket-secret-0123456789abcdef-01234567"
+
+
+async def eventually(condition: Callable[[], bool], timeout_s: float = 2.0) -> bool:
+    """Poll `condition` until it holds or `timeout_s` passes; returns its last value."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
 
 
 class FakeClock:

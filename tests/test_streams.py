@@ -14,7 +14,7 @@ import pytest
 
 from server.client import BoardState
 from tests.conftest import StartServer
-from tests.helpers import ServerHandle, bearer, service_update
+from tests.helpers import ServerHandle, bearer, eventually, service_update
 from tests.streams import raw_peer, sse_events
 
 LONG = "n" * 120  # long display names make big diffs, so buffers fill quickly
@@ -156,11 +156,7 @@ async def test_stuck_subscriber_is_closed_and_logged(
         await asyncio.gather(*(server.credit(f"user{i}", 1, username=f"{LONG}{round_}") for i in range(10)))
         if not server.ws_endpoint._connections:
             break
-    for _ in range(100):
-        if len(server.ws_endpoint) == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert len(server.ws_endpoint) == 0
+    assert await eventually(lambda: len(server.ws_endpoint) == 0)
     stuck_logs = [r for r in caplog.records if r.getMessage() == "subscriber_stuck"]
     assert len(stuck_logs) == 1
     assert stuck_logs[0].fields["conn_id"].startswith("ws-")  # type: ignore[attr-defined]
@@ -182,11 +178,7 @@ async def test_dead_peer_is_closed_by_the_heartbeat(start: StartServer, sqlite_u
             break
     assert 0x9 in opcodes  # it pinged; we never answered
     assert loop.time() - started < 3
-    for _ in range(50):
-        if len(server.ws_endpoint) == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert len(server.ws_endpoint) == 0
+    assert await eventually(lambda: len(server.ws_endpoint) == 0)
     dead.close()
 
 
@@ -281,11 +273,7 @@ async def test_socket_that_does_not_read_its_acks_is_closed(
             break
         if not server.ws_endpoint._connections:
             break
-    for _ in range(100):
-        if len(server.ws_endpoint) == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert len(server.ws_endpoint) == 0
+    assert await eventually(lambda: len(server.ws_endpoint) == 0)
     assert any(r.getMessage() == "ws_not_reading" for r in caplog.records)
     # Closing it lost nothing that was committed: the store holds every credit.
     status, body = await server.get("/api/users/deaf")

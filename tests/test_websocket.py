@@ -14,7 +14,7 @@ import pytest
 from server.client import ClientError, ScoreboardClient
 from server.tokens import Role
 from tests.conftest import StartServer
-from tests.helpers import ServerHandle, bearer, service_update, ticket, token
+from tests.helpers import ServerHandle, bearer, eventually, service_update, ticket, token
 
 
 async def ws_connect(
@@ -269,10 +269,7 @@ async def test_connections_per_address_are_limited(start: StartServer, sqlite_ur
         assert resp.status == 429
         assert (await resp.json())["error"]["code"] == "rate_limited"
     await a.close()
-    for _ in range(50):
-        if len(server.ws_endpoint) < 2:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: len(server.ws_endpoint) < 2)
     c = await ws_connect(server)
     await b.close()
     await c.close()
