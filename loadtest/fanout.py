@@ -114,7 +114,7 @@ from loadtest.common import (
     pin_to_cpu,
     remove_sqlite,
 )
-from server.tokens import Role, mint_token
+from scoreboard.tokens import Role, mint_token
 
 DEFAULT_VARIANTS = "baseline,server"
 DEFAULT_SUBSCRIBERS = "2000,5000"

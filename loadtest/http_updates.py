@@ -75,7 +75,7 @@ from loadtest.common import (
     percentile,
     pin_to_cpu,
 )
-from server.tokens import Role, mint_token
+from scoreboard.tokens import Role, mint_token
 
 DEFAULT_VARIANTS = "default,batch-1,interval-0,interval-5"
 _PART = re.compile(r"^(batch|interval|pool)-(\d+(?:\.\d+)?)$")

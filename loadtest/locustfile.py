@@ -48,10 +48,10 @@ from locust import HttpUser, between, events, task
 from locust.env import Environment
 
 try:
-    from server.tokens import MIN_SECRET_BYTES, Role, mint_token
+    from scoreboard.tokens import MIN_SECRET_BYTES, Role, mint_token
 except ModuleNotFoundError:  # not installed: use the checkout this file is in
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from server.tokens import MIN_SECRET_BYTES, Role, mint_token
+    from server.tokens import MIN_SECRET_BYTES, Role, mint_token  # type: ignore[no-redef]
 
 PLAYERS = int(os.environ.get("LOCUST_PLAYERS", "5000"))
 ACTION_TYPE = os.environ.get("LOCUST_ACTION_TYPE", "default")

@@ -60,7 +60,7 @@ from loadtest.common import (
     remove_sqlite,
     sqlite_file,
 )
-from server.store import open_store
+from scoreboard.store import open_store
 
 BASE_US = 1_700_000_000_000_000
 STEP_US = 2_592_000  # 1,000,003 steps of 2.592 s: 30 days

@@ -1,4 +1,4 @@
-"""`python -m server` runs the command line."""
+"""`python -m scoreboard` runs the command line (`python -m server` inside a checkout)."""
 
 from .cli import main
 

@@ -13,13 +13,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from server.app import BROADCASTER, SERVICE, WS, create_app, start
-from server.broadcast import Broadcaster
-from server.config import Settings
-from server.service import ScoreService
-from server.tickets import Ticket, sign_ticket
-from server.tokens import Role, mint_token
-from server.ws import WsEndpoint
+from scoreboard.app import BROADCASTER, SERVICE, WS, create_app, start
+from scoreboard.broadcast import Broadcaster
+from scoreboard.config import Settings
+from scoreboard.service import ScoreService
+from scoreboard.tickets import Ticket, sign_ticket
+from scoreboard.tokens import Role, mint_token
+from scoreboard.ws import WsEndpoint
 
 JWT_SECRET = "test-jwt-secret-0123456789abcdef-0123456789"
 TICKET_SECRET = "test-ticket-secret-0123456789abcdef-01234567"

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.board import Board, Change, Entry, apply_diff, diff, rank_all
+from scoreboard.board import Board, Change, Entry, apply_diff, diff, rank_all
 
 updates = st.lists(
     st.tuples(st.sampled_from([f"u{i}" for i in range(25)]), st.integers(min_value=1, max_value=5)),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from server.board import Board, Entry
-from server.broadcast import Broadcaster, ConnectionCounter
-from server.feed import Event, Feed
+from scoreboard.board import Board, Entry
+from scoreboard.broadcast import Broadcaster, ConnectionCounter
+from scoreboard.feed import Event, Feed
 
 
 class Recorder:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import main
-from server.config import ConfigError, Settings, resolve_secrets
+from scoreboard.cli import main
+from scoreboard.config import ConfigError, Settings, resolve_secrets
 from tests.conftest import StartServer
 
 
@@ -21,7 +21,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOARD_")}
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "server", *args],
+        [sys.executable, "-m", "scoreboard", *args],
         env=full_env,
         capture_output=True,
         text=True,
@@ -163,7 +163,7 @@ def test_unreachable_database_at_start_is_one_clear_error(tmp_path: Path) -> Non
 
 
 def test_readme_documents_every_setting_and_error_code() -> None:
-    from server.errors import Code
+    from scoreboard.errors import Code
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     for f in fields(Settings):
@@ -176,7 +176,7 @@ def test_readme_ticket_example_mints_a_valid_ticket() -> None:
     import re
     import time
 
-    from server.tickets import parse_ticket
+    from scoreboard.tickets import parse_ticket
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     block = re.search(r"```python\n(.*?def mint_ticket.*?)```", readme, re.S)

@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.catalog import DEFAULT_CATALOG, ActionType, CatalogError, parse_catalog
-from server.errors import Code, ScoreboardError
-from server.ratelimit import RateLimiter
-from server.tickets import Ticket, check_window, parse_ticket, sign_ticket
-from server.tokens import Role
-from server.validation import parse_update
+from scoreboard.catalog import DEFAULT_CATALOG, ActionType, CatalogError, parse_catalog
+from scoreboard.errors import Code, ScoreboardError
+from scoreboard.ratelimit import RateLimiter
+from scoreboard.tickets import Ticket, check_window, parse_ticket, sign_ticket
+from scoreboard.tokens import Role
+from scoreboard.validation import parse_update
 
 SECRET = b"t" * 32
 CORE = ["board", "tokens", "tickets", "catalog", "ratelimit", "validation", "errors", "store"]

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from server.tokens import Role
+from scoreboard.tokens import Role
 from tests.helpers import JWT_SECRET, TICKET_SECRET, bearer, service_update, token
 from tests.pgcluster import StoredState, read_state
 
@@ -99,7 +99,7 @@ async def spawn_server(tmp_path: Path, database_url: str, name: str) -> ServerPr
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "server",
+            "scoreboard",
             "serve",
             cwd=REPO,
             env=env,

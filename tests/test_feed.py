@@ -6,9 +6,9 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.board import Board, Entry
-from server.client import BoardState
-from server.feed import Feed, http_chunk, parse_since, ws_text_frame
+from scoreboard.board import Board, Entry
+from scoreboard.client import BoardState
+from scoreboard.feed import Feed, http_chunk, parse_since, ws_text_frame
 
 
 def e(user: str, score: int, at: int) -> Entry:

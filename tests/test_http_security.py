@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from server.tokens import Role
+from scoreboard.tokens import Role
 from tests.conftest import StartServer
 from tests.helpers import JWT_SECRET, ServerHandle, service_update, ticket, token
 

@@ -6,7 +6,7 @@ import io
 import json
 import logging
 
-from server.logs import configure, request_id
+from scoreboard.logs import configure, request_id
 
 
 def test_json_lines_carry_request_id_fields_and_exceptions() -> None:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 from playwright.async_api import Browser, Page, Request, async_playwright, expect
 
-from server.app import SSE
+from scoreboard.app import SSE
 from tests.conftest import StartServer
 from tests.helpers import ServerHandle
 

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from server.board import Entry
-from server.sqlite import sqlite_path
-from server.store import Outcome, Source, Store, Update, open_store
+from scoreboard.board import Entry
+from scoreboard.sqlite import sqlite_path
+from scoreboard.store import Outcome, Source, Store, Update, open_store
 from tests.helpers import ServerHandle
 
 

@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
-from server.client import BoardState
+from scoreboard.client import BoardState
 from tests.conftest import StartServer
 from tests.helpers import ServerHandle, bearer, eventually, service_update
 from tests.streams import raw_peer, sse_events

@@ -10,8 +10,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from server.errors import Code, ScoreboardError
-from server.tokens import Identity, Role, TokenVerifier, VerificationKey, bearer_token, mint_token
+from scoreboard.errors import Code, ScoreboardError
+from scoreboard.tokens import Identity, Role, TokenVerifier, VerificationKey, bearer_token, mint_token
 from tests.helpers import FakeClock
 
 SECRET = b"s" * 32

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from server.tokens import Role
+from scoreboard.tokens import Role
 from tests.conftest import StartServer
 from tests.helpers import ServerHandle, service_update, ticket, token
 

@@ -11,8 +11,8 @@ import aiohttp
 import orjson
 import pytest
 
-from server.client import ClientError, ScoreboardClient
-from server.tokens import Role
+from scoreboard.client import ClientError, ScoreboardClient
+from scoreboard.tokens import Role
 from tests.conftest import StartServer
 from tests.helpers import ServerHandle, bearer, eventually, service_update, ticket, token
 
