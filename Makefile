@@ -14,7 +14,7 @@ export SCOREBOARD_TEST_DATABASE_URL
 # driven by Playwright, rather than a browser Playwright downloads itself.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install dev browser run test lint format bench clean
+.PHONY: install dev browser run test lint format bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,13 @@ format: dev
 
 bench: dev
 	$(BIN)/python -m loadtest.run_all
+
+# A long search for bad input on both stores: the property-based input tests
+# and schemathesis against GET /openapi.json, with FUZZ_EXAMPLES examples per
+# test or operation (the suite runs a few dozen).
+FUZZ_EXAMPLES ?= 2000
+fuzz: dev
+	SCOREBOARD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/test_openapi.py tests/test_fuzz_inputs.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -19,11 +19,16 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from aiohttp import web
 
 from .board import Board
-from .broadcast import Broadcaster, ConnectionCounter
+from .broadcast import Broadcaster
 from .catalog import ActionType
-from .config import Secrets, Settings, load_catalog, resolve_secrets
+from .config import Secrets, Settings, load_catalog, make_data_dir, resolve_secrets
+from .connections import ConnectionGuard, GuardedSite, connection_middleware
+from .cors import Cors
 from .feed import Feed
-from .http import BoardEncoder, RequestIds, Routes, error_middleware
+from .http import BoardEncoder, RequestIds, Routes, error_middleware, request_id_header
+from .jwks import jwks_keys
+from .metrics import METRICS, Metrics, MetricsEndpoint
+from .openapi import OPENAPI_PATH, OpenApiEndpoint, describe
 from .service import ScoreService, record_commit, resync
 from .sse import SseEndpoint
 from .store import BatchResult, Update, open_store
@@ -51,10 +56,16 @@ def create_app(
     secrets = secrets or resolve_secrets(settings)
     catalog = catalog if catalog is not None else load_catalog(settings)
     app = web.Application(
-        client_max_size=settings.max_body_bytes, middlewares=[error_middleware(RequestIds())]
+        client_max_size=settings.max_body_bytes,
+        middlewares=[connection_middleware, error_middleware(RequestIds())],
     )
+    app.on_response_prepare.append(request_id_header)
+    metrics = app[METRICS] = Metrics()
+    # A JWKS (file or URL) is a key source refreshed in the background; its
+    # first load runs before storage opens, so bad keys fail the start early.
+    jwks = jwks_keys(settings, secrets.jwt_keys)
     verifier = TokenVerifier(
-        secrets.jwt_key,
+        secrets.jwt_keys if jwks is None else jwks,
         clock=clock,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
@@ -62,13 +73,13 @@ def create_app(
         max_bytes=settings.jwt_max_bytes,
         cache_size=settings.token_cache_size,
     )
+    if jwks is not None:
+        app.cleanup_ctx.append(jwks.context)
     app.cleanup_ctx.append(functools.partial(_storage, settings, clock, secrets, catalog))
-    counter = ConnectionCounter(settings.max_connections_per_ip)
     app[WS] = WsEndpoint(
         lambda: app[SERVICE],
         lambda: app[BROADCASTER],
         verifier,
-        counter,
         allowed_origins=settings.origins,
         limits=WsLimits(
             max_message_bytes=settings.ws_max_message_bytes,
@@ -81,10 +92,10 @@ def create_app(
             close_timeout_s=min(5.0, settings.shutdown_timeout_s / 2),
             sndbuf_bytes=settings.subscriber_sndbuf_bytes,
         ),
+        on_error=functools.partial(metrics.error, transport="ws"),
     )
     app[SSE] = SseEndpoint(
         lambda: app[BROADCASTER],
-        counter,
         heartbeat_s=settings.sse_heartbeat_s,
         retry_ms=settings.sse_retry_ms,
         sndbuf_bytes=settings.subscriber_sndbuf_bytes,
@@ -96,9 +107,16 @@ def create_app(
         verifier,
         max_body_bytes=settings.max_body_bytes,
         readiness_timeout_s=settings.store_timeout_s,
+        request_timeout_s=settings.request_timeout_s,
     ).add_to(app)
-    app.router.add_get("/ws", app[WS].handle)
-    app.router.add_get("/scores/stream", app[SSE].handle)
+    app.router.add_get("/ws", app[WS].handle, allow_head=False)
+    app.router.add_get("/scores/stream", app[SSE].handle, allow_head=False)
+    app.router.add_route("HEAD", "/scores/stream", app[SSE].head)
+    metrics.watch_streams(app[WS], app[SSE])
+    if settings.metrics != "off":
+        app.router.add_get("/metrics", MetricsEndpoint(metrics, verifier, access=settings.metrics).handle)
+    app.router.add_get(OPENAPI_PATH, OpenApiEndpoint(describe(settings, catalog)).handle)
+    Cors(settings.cors).install(app)
     return app
 
 
@@ -117,6 +135,10 @@ async def _storage(
     app: web.Application,
 ) -> AsyncIterator[None]:
     started = time.perf_counter()
+    if settings.database_url is None:
+        # The embedded default lives in the data dir, created private (0700);
+        # an explicit sqlite: URL must name an existing directory.
+        make_data_dir(settings.data_dir)
     store = await open_store(
         settings.store_url,
         timeout_s=settings.store_timeout_s,
@@ -149,6 +171,7 @@ async def _storage(
             clock_us=lambda: int(clock() * 1_000_000),
             on_commit=on_commit,
             on_recover=on_recover,
+            on_batch=app[METRICS].batch_committed,
             flush_interval_s=settings.flush_interval_ms / 1000,
             max_batch=settings.flush_max_batch,
             max_queue=settings.queue_max,
@@ -161,21 +184,25 @@ async def _storage(
             writer=writer,
             store=store,
             catalog=catalog,
-            ticket_secret=secrets.ticket_secret,
+            ticket_keys=secrets.ticket_keys,
             clock=clock,
             max_delta=settings.max_delta,
             ack_commit=settings.ack == "commit",
             retry_after_s=settings.retry_after_s,
             rate_limit_keys=settings.rate_limit_keys,
+            player_updates_per_min=settings.player_updates_per_min,
+            player_actions_per_min=settings.player_actions_per_min,
         )
         app[ENCODER] = BoardEncoder(board)
         app[BROADCASTER] = broadcaster
+        app[METRICS].watch_storage(writer, app[SERVICE], broadcaster)
         writer.start()
         log.info(
             "storage_ready",
             extra={
                 "fields": {
                     "store": settings.store_url.split(":", 1)[0],
+                    "database": settings.store_display,
                     "board_entries": len(board.entries()),
                     "ms": round((time.perf_counter() - started) * 1000, 1),
                 }
@@ -201,17 +228,26 @@ def _epoch() -> str:
 
 async def start(app: web.Application, settings: Settings) -> tuple[web.AppRunner, int]:
     """Start serving `app` on the configured address; returns the runner and port."""
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        shutdown_timeout=settings.shutdown_timeout_s,
-        # Room for a token of jwt_max_bytes plus "Bearer " so an oversized
-        # token is refused by us with a JSON 401, not by the HTTP parser.
-        max_field_size=max(8190, settings.jwt_max_bytes * 2),
+    guard = ConnectionGuard(
+        request_timeout_s=settings.request_timeout_s,
+        keepalive_timeout_s=settings.keepalive_timeout_s,
+        max_connections_per_ip=settings.max_connections_per_ip,
     )
+    if (metrics := app.get(METRICS)) is not None:
+        metrics.watch_connections(guard)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout_s)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+        site = GuardedSite(
+            runner,
+            settings.host,
+            settings.port,
+            guard=guard,
+            backlog=1024,
+            # Room for a token of jwt_max_bytes plus "Bearer " so an oversized
+            # token is refused by us with a JSON 401, not by the HTTP parser.
+            max_field_size=max(8190, settings.jwt_max_bytes * 2),
+        )
         await site.start()
     except BaseException:
         await runner.cleanup()
@@ -224,7 +260,21 @@ async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     app = create_app(settings)
     runner, port = await start(app, settings)
-    log.info("listening", extra={"fields": {"host": settings.host, "port": port, "ack": settings.ack}})
+    shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host  # noqa: S104
+    if ":" in shown:
+        shown = f"[{shown}]"
+    log.info(
+        "listening",
+        extra={
+            "fields": {
+                "url": f"http://{shown}:{port}/",
+                "host": settings.host,
+                "port": port,
+                "database": settings.store_display,
+                "ack": settings.ack,
+            }
+        },
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -62,30 +62,6 @@ def limit_send_buffer(transport: asyncio.BaseTransport, nbytes: int) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, nbytes)
 
 
-class ConnectionCounter:
-    """Open streaming connections per client address, bounded by `limit` (0: unlimited)."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._counts: dict[str, int] = {}
-
-    def acquire(self, address: str) -> bool:
-        """Count a new connection from `address`; False if it is over the limit."""
-        count = self._counts.get(address, 0)
-        if self._limit and count >= self._limit:
-            return False
-        self._counts[address] = count + 1
-        return True
-
-    def release(self, address: str) -> None:
-        """Forget one connection from `address`."""
-        count = self._counts.get(address, 0) - 1
-        if count > 0:
-            self._counts[address] = count
-        else:
-            self._counts.pop(address, None)
-
-
 class Broadcaster:
     """Publishes the board's changes to subscribers.
 

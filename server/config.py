@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, cast
+from urllib.parse import urlsplit, urlunsplit
 
 from .catalog import DEFAULT_CATALOG, ActionType, CatalogError, parse_catalog
-from .tokens import MIN_SECRET_BYTES, VerificationKey
+from .tickets import MIN_SECRET_BYTES, TicketKeys
+from .tokens import MAX_JWKS_BYTES, KeySet, VerificationKey
 
 AckMode = Literal["commit", "memory"]
 
@@ -75,7 +78,42 @@ class Settings:
         "TOML action catalog (default: one type 'default' worth 1)",
         default=None,
     )
+    ticket_keys: str | None = _opt(
+        "SCOREBOARD_TICKET_KEYS",
+        "rotating ticket keys as kid:secret,kid:secret, newest first: the first signs, all verify "
+        "(replaces SCOREBOARD_TICKET_SECRET)",
+        default=None,
+        repr=False,
+    )
+    jwks_file: Path | None = _opt(
+        "SCOREBOARD_JWKS_FILE",
+        "JWKS document (JSON file) with the keys that sign tokens, chosen by the token's kid",
+        default=None,
+    )
+    jwks_url: str | None = _opt(
+        "SCOREBOARD_JWKS_URL",
+        "JWKS URL of an identity provider: fetched, cached, refreshed periodically and on an unknown kid",
+        default=None,
+    )
+    jwks_refresh_s: float = _opt(
+        "SCOREBOARD_JWKS_REFRESH_S", "how often the JWKS URL or file is loaded again", default=300.0
+    )
+    jwks_min_refresh_s: float = _opt(
+        "SCOREBOARD_JWKS_MIN_REFRESH_S",
+        "least time between two fetches caused by tokens with an unknown kid",
+        default=10.0,
+    )
     max_delta: int = _opt("SCOREBOARD_MAX_DELTA", "largest delta a service token may credit", default=1000)
+    player_updates_per_min: int = _opt(
+        "SCOREBOARD_PLAYER_UPDATES_PER_MIN",
+        "score updates one player may send per minute on any transport (0: unlimited; service tokens exempt)",
+        default=60,
+    )
+    player_actions_per_min: int = _opt(
+        "SCOREBOARD_PLAYER_ACTIONS_PER_MIN",
+        "actions one player may start per minute, all types together (0: unlimited; service tokens exempt)",
+        default=60,
+    )
     top_k: int = _opt("SCOREBOARD_TOP_K", "board size", default=10)
     ack: AckMode = _opt(
         "SCOREBOARD_ACK",
@@ -116,8 +154,29 @@ class Settings:
     )
     max_connections_per_ip: int = _opt(
         "SCOREBOARD_MAX_CONNECTIONS_PER_IP",
-        "open WebSocket and SSE connections per client address (0: no limit)",
+        "open connections (HTTP, WebSocket, SSE) per client address (0: no limit)",
         default=256,
+    )
+    request_timeout_s: float = _opt(
+        "SCOREBOARD_REQUEST_TIMEOUT_S",
+        "a request's head, then its body, must arrive within this long (else the connection is closed)",
+        default=10.0,
+    )
+    keepalive_timeout_s: float = _opt(
+        "SCOREBOARD_KEEPALIVE_TIMEOUT_S",
+        "an idle keep-alive connection is closed after this long",
+        default=60.0,
+    )
+    cors_origins: str = _opt(
+        "SCOREBOARD_CORS_ORIGINS",
+        "origins (https://game.example, comma-separated) whose pages may read the public endpoints, "
+        "* for any, empty for none",
+        default="*",
+    )
+    metrics: str = _opt(
+        "SCOREBOARD_METRICS",
+        "GET /metrics: public, service (needs a service token) or off",
+        default="public",
     )
     broadcast_tick_ms: float = _opt(
         "SCOREBOARD_BROADCAST_TICK_MS", "at most one board diff per this many ms", default=50.0
@@ -188,68 +247,163 @@ class Settings:
     def from_env(
         cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, object] | None = None
     ) -> Settings:
-        """Settings from `env` (default: os.environ), then `overrides`, validated."""
+        """Settings from `env` (default: os.environ), then `overrides` (flags), validated.
+
+        A ConfigError names the variable or flag the value came from.
+        """
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
         for f in fields(cls):
             raw = env.get(f.metadata["env"])
             if raw is not None and raw != "":
                 values[f.name] = parse_value(f, raw)
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+                sources[f.name] = f.metadata["env"]
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                values[name] = value
+                sources[name] = "--" + name.replace("_", "-")
         settings = cls(**values)
-        settings.validate()
+        settings.validate(sources)
         return settings
 
-    def validate(self) -> None:
-        """Raise ConfigError for values the server cannot run with."""
-        checks: list[tuple[bool, str]] = [
-            (0 <= self.port <= 65535, "port must be 0-65535"),
-            (self.top_k >= 1, "top_k must be at least 1"),
-            (self.max_delta >= 1, "max_delta must be at least 1"),
-            (self.ack in ("commit", "memory"), "ack must be 'commit' or 'memory'"),
-            (self.flush_interval_ms >= 0, "flush_interval_ms must be >= 0"),
-            (self.flush_max_batch >= 1, "flush_max_batch must be at least 1"),
-            (self.queue_max >= self.flush_max_batch, "queue_max must be >= flush_max_batch"),
-            (self.store_timeout_s > 0, "store_timeout_s must be > 0"),
-            (self.retry_after_s >= 1, "retry_after_s must be at least 1"),
-            (1 <= self.pg_pool_min <= self.pg_pool_max, "need 1 <= pg_pool_min <= pg_pool_max"),
+    def validate(self, sources: Mapping[str, str] | None = None) -> None:
+        """Raise ConfigError for values the server cannot run with.
+
+        `sources` maps a field to where the user set it (an environment
+        variable or a flag), so the message points at what to fix.
+        """
+        for names, ok, problem in self._checks():
+            if not ok:
+                where = ", ".join(_describe(self, name, sources or {}) for name in names)
+                raise ConfigError(f"{where}: {problem}")
+
+    def _checks(self) -> list[tuple[tuple[str, ...], bool, str]]:
+        int64 = 2**63 - 1
+        return [
+            (("port",), 0 <= self.port <= 65535, "must be 0-65535"),
+            (("top_k",), self.top_k >= 1, "must be at least 1"),
+            (("max_delta",), 1 <= self.max_delta <= int64, f"must be from 1 to {int64} (2^63-1)"),
+            (("ack",), self.ack in ("commit", "memory"), "must be 'commit' or 'memory'"),
+            (("flush_interval_ms",), self.flush_interval_ms >= 0, "must be >= 0"),
+            (("flush_max_batch",), self.flush_max_batch >= 1, "must be at least 1"),
             (
-                self.sqlite_synchronous.upper() in ("FULL", "NORMAL", "EXTRA"),
-                "sqlite_synchronous: FULL or NORMAL",
+                ("queue_max", "flush_max_batch"),
+                self.queue_max >= self.flush_max_batch,
+                "queue_max must be >= flush_max_batch",
             ),
-            (self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024"),
-            (self.jwt_max_bytes >= 256, "jwt_max_bytes must be at least 256"),
-            (self.max_connections_per_ip >= 0, "max_connections_per_ip must be >= 0"),
-            (self.broadcast_tick_ms > 0, "broadcast_tick_ms must be > 0"),
-            (self.broadcast_history >= 1, "broadcast_history must be at least 1"),
-            (self.subscriber_buffer_bytes >= 1024, "subscriber_buffer_bytes must be at least 1024"),
-            (self.subscriber_sndbuf_bytes >= 0, "subscriber_sndbuf_bytes must be >= 0"),
+            (("store_timeout_s",), self.store_timeout_s > 0, "must be > 0"),
+            (("retry_after_s",), self.retry_after_s >= 1, "must be at least 1"),
             (
+                ("pg_pool_min", "pg_pool_max"),
+                1 <= self.pg_pool_min <= self.pg_pool_max,
+                "need 1 <= pg_pool_min <= pg_pool_max",
+            ),
+            (
+                ("sqlite_synchronous",),
+                self.sqlite_synchronous.upper() in ("FULL", "NORMAL", "EXTRA"),
+                "must be FULL, NORMAL or EXTRA",
+            ),
+            (("max_body_bytes",), self.max_body_bytes >= 1024, "must be at least 1024"),
+            (("jwt_max_bytes",), self.jwt_max_bytes >= 256, "must be at least 256"),
+            (("player_updates_per_min",), self.player_updates_per_min >= 0, "must be >= 0"),
+            (("player_actions_per_min",), self.player_actions_per_min >= 0, "must be >= 0"),
+            (("max_connections_per_ip",), self.max_connections_per_ip >= 0, "must be >= 0"),
+            (("request_timeout_s",), self.request_timeout_s > 0, "must be > 0"),
+            (("keepalive_timeout_s",), self.keepalive_timeout_s > 0, "must be > 0"),
+            (("broadcast_tick_ms",), self.broadcast_tick_ms > 0, "must be > 0"),
+            (("broadcast_history",), self.broadcast_history >= 1, "must be at least 1"),
+            (("subscriber_buffer_bytes",), self.subscriber_buffer_bytes >= 1024, "must be at least 1024"),
+            (("subscriber_sndbuf_bytes",), self.subscriber_sndbuf_bytes >= 0, "must be >= 0"),
+            (
+                ("ws_max_buffer_bytes", "subscriber_buffer_bytes"),
                 self.ws_max_buffer_bytes > self.subscriber_buffer_bytes,
                 "ws_max_buffer_bytes must exceed subscriber_buffer_bytes",
             ),
-            (self.ws_max_message_bytes >= 1024, "ws_max_message_bytes must be at least 1024"),
-            (self.ws_messages_per_s >= 1, "ws_messages_per_s must be at least 1"),
-            (self.ws_max_violations >= 1, "ws_max_violations must be at least 1"),
-            (self.ws_max_pending_updates >= 1, "ws_max_pending_updates must be at least 1"),
-            (self.ws_heartbeat_s > 0 and self.sse_heartbeat_s > 0, "heartbeats must be > 0"),
+            (("ws_max_message_bytes",), self.ws_max_message_bytes >= 1024, "must be at least 1024"),
+            (("ws_messages_per_s",), self.ws_messages_per_s >= 1, "must be at least 1"),
+            (("ws_max_violations",), self.ws_max_violations >= 1, "must be at least 1"),
+            (("ws_max_pending_updates",), self.ws_max_pending_updates >= 1, "must be at least 1"),
+            (("ws_heartbeat_s",), self.ws_heartbeat_s > 0, "must be > 0"),
+            (("sse_heartbeat_s",), self.sse_heartbeat_s > 0, "must be > 0"),
             (
+                ("database_url",),
                 self.store_url.startswith(("sqlite:///", "postgresql://", "postgres://")),
-                "database_url must start with sqlite:/// or postgresql://",
+                "must start with sqlite:/// or postgresql://",
             ),
+            (
+                ("log_level",),
+                self.log_level.lower() in LOG_LEVELS,
+                f"must be one of {', '.join(LOG_LEVELS)}",
+            ),
+            (
+                ("allowed_origins",),
+                all(o == "*" or _ORIGIN.match(o) for o in self.origins),
+                "each origin must look like https://game.example (scheme and host, no path), or be *",
+            ),
+            (
+                ("cors_origins",),
+                all(o == "*" or _ORIGIN.match(o) for o in self.cors),
+                "each origin must look like https://game.example (scheme and host, no path), or be *",
+            ),
+            (("metrics",), self.metrics in METRICS_MODES, f"must be one of {', '.join(METRICS_MODES)}"),
+            (
+                ("jwt_secret",),
+                self.jwt_secret is None or len(self.jwt_secret.encode()) >= MIN_SECRET_BYTES,
+                f"must be at least {MIN_SECRET_BYTES} bytes",
+            ),
+            (
+                ("ticket_secret",),
+                self.ticket_secret is None or len(self.ticket_secret.encode()) >= MIN_SECRET_BYTES,
+                f"must be at least {MIN_SECRET_BYTES} bytes",
+            ),
+            (
+                ("ticket_keys", "ticket_secret"),
+                self.ticket_keys is None or self.ticket_secret is None,
+                "set one of them, not both",
+            ),
+            (
+                ("jwks_file", "jwks_url", "jwt_public_key_file"),
+                sum(x is not None for x in (self.jwks_file, self.jwks_url, self.jwt_public_key_file)) <= 1,
+                "set at most one source of token keys",
+            ),
+            (
+                ("jwks_url",),
+                self.jwks_url is None or self.jwks_url.startswith(("https://", "http://")),
+                "must be an http:// or https:// URL",
+            ),
+            (("shutdown_timeout_s",), self.shutdown_timeout_s > 0, "must be > 0"),
+            (("probe_interval_s",), self.probe_interval_s > 0, "must be > 0"),
+            (("jwt_leeway_s",), self.jwt_leeway_s >= 0, "must be >= 0"),
+            (("token_cache_size",), self.token_cache_size >= 0, "must be >= 0"),
+            (("rate_limit_keys",), self.rate_limit_keys >= 1, "must be at least 1"),
+            (("sse_retry_ms",), self.sse_retry_ms >= 0, "must be >= 0"),
+            (("ws_auth_timeout_s",), self.ws_auth_timeout_s > 0, "must be > 0"),
+            (("jwks_refresh_s",), self.jwks_refresh_s > 0, "must be > 0"),
+            (("jwks_min_refresh_s",), self.jwks_min_refresh_s >= 0, "must be >= 0"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        for name in ("jwt_secret", "ticket_secret"):
-            value = getattr(self, name)
-            if value is not None and len(value.encode()) < MIN_SECRET_BYTES:
-                raise ConfigError(f"SCOREBOARD_{name.upper()} must be at least {MIN_SECRET_BYTES} bytes")
 
     @property
     def origins(self) -> frozenset[str]:
         """The parsed allow-list of WebSocket origins."""
-        return frozenset(o.strip().rstrip("/").lower() for o in self.allowed_origins.split(",") if o.strip())
+        return _origin_list(self.allowed_origins)
+
+    @property
+    def cors(self) -> frozenset[str]:
+        """The parsed list of origins whose pages may read the public endpoints."""
+        return _origin_list(self.cors_origins)
+
+    @property
+    def store_display(self) -> str:
+        """The database URL without a password, for logs."""
+        url = self.store_url
+        if url.startswith("sqlite:"):
+            return url
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
 
     @property
     def store_url(self) -> str:
@@ -259,27 +413,67 @@ class Settings:
         return f"sqlite:///{(self.data_dir / 'scoreboard.db').resolve()}"
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+METRICS_MODES = ("public", "service", "off")
+_ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
+_INT = re.compile(r"^[+-]?[0-9]+$")
+_FLOAT = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+_SECRET_FIELDS = frozenset({"jwt_secret", "ticket_secret", "ticket_keys"})
+
+
+def _origin_list(raw: str) -> frozenset[str]:
+    return frozenset(o.strip().rstrip("/").lower() for o in raw.split(",") if o.strip())
+
+
+def _describe(settings: Settings, name: str, sources: Mapping[str, str]) -> str:
+    """Where a setting came from, with its value unless it is a secret."""
+    source = sources.get(name)
+    if source is None:
+        return f"SCOREBOARD_{name.upper()} (--{name.replace('_', '-')})"
+    if name in _SECRET_FIELDS:
+        return source
+    value = getattr(settings, name)
+    return f"{source}={str(value)!r}"
+
+
+def _parse_int(raw: str) -> int:
+    # int() also takes Unicode digits and underscores; settings are ASCII.
+    if not _INT.match(raw.strip()):
+        raise ValueError(raw)
+    return int(raw)
+
+
+def _parse_float(raw: str) -> float:
+    # float() also takes nan, inf and Unicode digits.
+    if not _FLOAT.match(raw.strip()):
+        raise ValueError(raw)
+    return float(raw)
+
+
 _PARSERS: dict[str, Callable[[str], Any]] = {
-    "int": int,
-    "float": float,
+    "int": _parse_int,
+    "float": _parse_float,
     "Path": Path,
     "str": str,
 }
 
 
-def parse_value(f: dataclasses.Field[Any], raw: str) -> Any:
-    """Convert an environment or flag string to the field's type."""
+def parse_value(f: dataclasses.Field[Any], raw: str, source: str | None = None) -> Any:
+    """Convert an environment or flag string to the field's type.
+
+    `source` names where the value came from (default: the environment variable).
+    """
     kind = str(f.type).replace(" | None", "")
     if kind == "AckMode":
         kind = "str"
     try:
         return _PARSERS[kind](raw)
     except (KeyError, ValueError):
-        raise ConfigError(f"{f.metadata['env']}={raw!r} is not a valid {kind}") from None
+        raise ConfigError(f"{source or f.metadata['env']}={raw!r} is not a valid {kind}") from None
 
 
-def _secret(settings: Settings, name: str) -> bytes:
-    """The configured secret, or one generated once and kept in the data dir (0600)."""
+def _secret(settings: Settings, name: str, *, create: bool) -> bytes:
+    """The configured secret, or the one kept in the data dir (0600), generated once if `create`."""
     value = cast(str | None, getattr(settings, name))
     if value is not None:
         return value.encode()
@@ -292,7 +486,13 @@ def _secret(settings: Settings, name: str) -> bytes:
         if len(stored) < MIN_SECRET_BYTES:
             raise ConfigError(f"{path} holds fewer than {MIN_SECRET_BYTES} bytes")
         return stored
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not create:
+        env = f"SCOREBOARD_{name.upper()}"
+        raise ConfigError(
+            f"no {path.name} in the data dir {settings.data_dir.resolve()}: point SCOREBOARD_DATA_DIR "
+            f"(--data-dir) at the server's data dir, set {env}, or run `scoreboard serve` once to create it"
+        )
+    make_data_dir(settings.data_dir)
     generated = secrets.token_hex(32).encode()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -303,26 +503,71 @@ def _secret(settings: Settings, name: str) -> bytes:
     return generated
 
 
+def make_data_dir(path: Path) -> None:
+    """Create the data dir readable by the server's user only (0700)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
 @dataclass(frozen=True, slots=True)
 class Secrets:
-    """Key material resolved from settings and the data dir."""
+    """Key material resolved from settings and the data dir.
 
-    jwt_key: VerificationKey
+    `jwt_keys` verify tokens: the HS256 secret or the PEM public key alone
+    (whatever `kid` a token names), the keys of SCOREBOARD_JWKS_FILE, or an
+    empty set for SCOREBOARD_JWKS_URL, filled by the first fetch at start
+    (jwks.py). `jwt_secret` is the HS256 secret, None when tokens come from
+    an identity provider.
+    """
+
+    jwt_keys: KeySet
     jwt_secret: bytes | None = field(repr=False)
-    ticket_secret: bytes = field(repr=False)
+    ticket_keys: TicketKeys = field(repr=False)
 
 
-def resolve_secrets(settings: Settings) -> Secrets:
-    """Load or generate the JWT and ticket secrets; raises ConfigError."""
+def _ticket_keys(settings: Settings, *, create: bool) -> TicketKeys:
+    if settings.ticket_keys is not None:
+        try:
+            return TicketKeys.parse(settings.ticket_keys)
+        except ValueError as exc:
+            raise ConfigError(f"SCOREBOARD_TICKET_KEYS (--ticket-keys): {exc}") from None
+    return TicketKeys.single(_secret(settings, "ticket_secret", create=create))
+
+
+def resolve_secrets(settings: Settings, *, create: bool = True) -> Secrets:
+    """Load the JWT and ticket keys; raises ConfigError.
+
+    Secrets not configured are read from the data dir; only the server
+    (`create=True`) generates them there, so a command pointed at the wrong
+    directory cannot print credentials the server would refuse.
+    """
     try:
-        ticket = _secret(settings, "ticket_secret")
+        tickets = _ticket_keys(settings, create=create)
+        if settings.jwks_url is not None:
+            return Secrets(jwt_keys=KeySet(()), jwt_secret=None, ticket_keys=tickets)
+        if settings.jwks_file is not None:
+            keys = _jwks_file_keys(settings.jwks_file)
+            return Secrets(jwt_keys=keys, jwt_secret=None, ticket_keys=tickets)
         if settings.jwt_public_key_file is not None:
             key = VerificationKey.from_public_pem(settings.jwt_public_key_file.read_bytes())
-            return Secrets(jwt_key=key, jwt_secret=None, ticket_secret=ticket)
-        secret = _secret(settings, "jwt_secret")
-        return Secrets(jwt_key=VerificationKey.from_secret(secret), jwt_secret=secret, ticket_secret=ticket)
+            return Secrets(jwt_keys=KeySet.single(key), jwt_secret=None, ticket_keys=tickets)
+        secret = _secret(settings, "jwt_secret", create=create)
+        key = VerificationKey.from_secret(secret)
+        return Secrets(jwt_keys=KeySet.single(key), jwt_secret=secret, ticket_keys=tickets)
     except (OSError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _jwks_file_keys(path: Path) -> KeySet:
+    """The keys of a JWKS file (symmetric keys allowed); ConfigError naming the variable."""
+    try:
+        with path.open("rb") as file:
+            document = file.read(MAX_JWKS_BYTES + 1)
+        return KeySet.from_jwks(document, allow_symmetric=True)
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    except ValueError as exc:
+        problem = str(exc)
+    raise ConfigError(f"SCOREBOARD_JWKS_FILE={str(path)!r}: {problem}")
 
 
 def load_catalog(settings: Settings) -> Mapping[str, ActionType]:

@@ -7,18 +7,24 @@ listed in the README; never rename one.
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 
 
 class Code(StrEnum):
     """Stable error codes returned to clients."""
 
+    BAD_REQUEST = "bad_request"
+    HEADERS_TOO_LARGE = "headers_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
+    UPGRADE_REQUIRED = "upgrade_required"
     INVALID_JSON = "invalid_json"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     VALIDATION_FAILED = "validation_failed"
     UNKNOWN_ACTION_TYPE = "unknown_action_type"
     DELTA_MISMATCH = "delta_mismatch"
+    SCORE_OVERFLOW = "score_overflow"
     UNAUTHORIZED = "unauthorized"
     INVALID_TOKEN = "invalid_token"
     TOKEN_EXPIRED = "token_expired"
@@ -63,11 +69,18 @@ class ScoreboardError(Exception):
         return f"ScoreboardError({self.code.value!r}, {self.message!r})"
 
     def as_dict(self) -> dict[str, object]:
-        """The `error` object sent to clients."""
+        """The `error` object sent to clients (`retryAfter` in whole seconds, as in Retry-After)."""
         body: dict[str, object] = {"code": self.code.value, "message": self.message}
         if self.field is not None:
             body["field"] = self.field
+        if self.retry_after is not None:
+            body["retryAfter"] = retry_after_seconds(self.retry_after)
         return body
+
+
+def retry_after_seconds(seconds: float) -> int:
+    """A wait as whole seconds, at least 1 (the unit of the Retry-After header)."""
+    return max(1, math.ceil(seconds))
 
 
 def invalid(field: str, message: str) -> ScoreboardError:

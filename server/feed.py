@@ -9,6 +9,7 @@ history, else a fresh snapshot: never a silent gap.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections import deque
 from collections.abc import Sequence
@@ -84,12 +85,19 @@ class Event:
         return self._sse_chunk
 
 
+_POSITION = re.compile(r"^([A-Za-z0-9_-]{1,32}):([0-9]{1,18})$")
+
+
 def parse_since(token: str) -> tuple[str, int] | None:
-    """`(epoch, seq)` from `<epoch>:<seq>`, or None if malformed."""
-    epoch, sep, seq = token.strip().rpartition(":")
-    if not sep or not epoch or not seq.isdigit() or len(token) > 64:
+    """`(epoch, seq)` from `<epoch>:<seq>`, or None if malformed.
+
+    Strict: ASCII only (`str.isdigit()` accepts '²' and '①', which `int()`
+    refuses), bounded lengths, surrounding spaces tolerated.
+    """
+    match = _POSITION.match(token.strip()) if len(token) <= 64 else None
+    if match is None:
         return None
-    return epoch, int(seq)
+    return match.group(1), int(match.group(2))
 
 
 class Feed:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import re
 import secrets
 import time
@@ -21,19 +20,22 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from aiohttp.web_protocol import RequestPayloadError
 
 from .board import Board
-from .errors import Code, ScoreboardError, invalid
+from .errors import Code, ScoreboardError, retry_after_seconds
 from .feed import entry_json
 from .logs import request_id
+from .metrics import METRICS
 from .service import ScoreService
-from .store import Outcome, Result, StorageError
+from .store import StorageError
 from .tokens import Identity, TokenVerifier, bearer_token
-from .validation import MAX_STRING_CHARS
+from .validation import path_id
 
 log = logging.getLogger("scoreboard.http")
 
 STATUS: dict[Code, int] = {
+    Code.BAD_REQUEST: 400,
     Code.INVALID_JSON: 400,
     Code.UNAUTHORIZED: 401,
     Code.INVALID_TOKEN: 401,
@@ -45,14 +47,18 @@ STATUS: dict[Code, int] = {
     Code.NOT_FOUND: 404,
     Code.USER_NOT_FOUND: 404,
     Code.METHOD_NOT_ALLOWED: 405,
+    Code.REQUEST_TIMEOUT: 408,
     Code.ACTION_CONFLICT: 409,
     Code.PAYLOAD_TOO_LARGE: 413,
     Code.UNSUPPORTED_MEDIA_TYPE: 415,
     Code.VALIDATION_FAILED: 422,
     Code.UNKNOWN_ACTION_TYPE: 422,
     Code.DELTA_MISMATCH: 422,
+    Code.SCORE_OVERFLOW: 422,
     Code.TICKET_NOT_YET_VALID: 425,
+    Code.UPGRADE_REQUIRED: 426,
     Code.RATE_LIMITED: 429,
+    Code.HEADERS_TOO_LARGE: 431,
     Code.INTERNAL_ERROR: 500,
     Code.STORAGE_UNAVAILABLE: 503,
     Code.OVERLOADED: 503,
@@ -60,6 +66,8 @@ STATUS: dict[Code, int] = {
 }
 
 STATIC_DIR = Path(__file__).parent / "static"
+# Served by name from a fixed list: no path is ever resolved from a request.
+STATIC_FILES = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file() and p.name != "index.html"}
 PAGE_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
@@ -68,6 +76,7 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+USER_PATH = "/api/users/{user_id:[^/]+}"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -84,7 +93,12 @@ def error_response(err: ScoreboardError) -> web.Response:
     status = STATUS[err.code]
     headers: dict[str, str] = {}
     if err.retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(err.retry_after)))
+        headers["Retry-After"] = str(retry_after_seconds(err.retry_after))
+    if err.code is Code.UPGRADE_REQUIRED:
+        headers["Upgrade"] = "websocket"
+        headers["Connection"] = "Upgrade"
+    if err.code in (Code.REQUEST_TIMEOUT, Code.BAD_REQUEST):
+        headers["Connection"] = "close"
     if status == 401:
         headers["WWW-Authenticate"] = (
             'Bearer realm="scoreboard"'
@@ -95,10 +109,25 @@ def error_response(err: ScoreboardError) -> web.Response:
 
 
 _HTTP_CODES: dict[int, tuple[Code, str]] = {
+    400: (Code.BAD_REQUEST, "The request is malformed."),
+    403: (Code.FORBIDDEN, "This resource is not available."),
     404: (Code.NOT_FOUND, "No such resource."),
     405: (Code.METHOD_NOT_ALLOWED, "This method is not allowed on this resource."),
+    408: (Code.REQUEST_TIMEOUT, "The request did not arrive in time."),
     413: (Code.PAYLOAD_TOO_LARGE, "The request body is too large."),
+    415: (Code.UNSUPPORTED_MEDIA_TYPE, "This media type is not supported."),
+    431: (Code.HEADERS_TOO_LARGE, "The request headers are too large."),
 }
+
+
+def _http_exception_error(exc: web.HTTPException) -> ScoreboardError:
+    """Our error for an exception aiohttp raised itself (static files, routing)."""
+    known = _HTTP_CODES.get(exc.status)
+    if known is not None:
+        return ScoreboardError(*known)
+    if 400 <= exc.status < 500:
+        return ScoreboardError(Code.BAD_REQUEST, exc.reason)
+    return ScoreboardError(Code.INTERNAL_ERROR, "Internal server error.")
 
 
 class RequestIds:
@@ -112,6 +141,13 @@ class RequestIds:
 
     def __call__(self) -> str:
         return f"{self._prefix}{next(self._counter) % 2**32:08x}"
+
+
+async def request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: the request id on responses whose headers leave early (streams, 101)."""
+    rid = request_id.get()
+    if rid is not None and "X-Request-ID" not in response.headers:
+        response.headers["X-Request-ID"] = rid
 
 
 def error_middleware(new_id: Callable[[], str]) -> Middleware:
@@ -128,21 +164,37 @@ def error_middleware(new_id: Callable[[], str]) -> Middleware:
 async def _handle(request: web.Request, handler: Handler, rid: str) -> web.StreamResponse:
     token = request_id.set(rid)
     started = time.perf_counter()
+    code: Code | None = None  # the error answered, for the metrics
     try:
         try:
             response = await handler(request)
         except ScoreboardError as err:
+            code = err.code
             response = error_response(err)
         except web.HTTPException as exc:
-            code, message = _HTTP_CODES.get(exc.status, (Code.INTERNAL_ERROR, exc.reason))
-            response = error_response(ScoreboardError(code, message))
-            if code is Code.INTERNAL_ERROR:
+            if exc.status < 400:  # a redirect (static directories): pass it on
+                raise
+            mapped = _http_exception_error(exc)
+            code = mapped.code
+            response = error_response(mapped)
+            if STATUS[mapped.code] != exc.status and mapped.code is Code.BAD_REQUEST:
                 response.set_status(exc.status)
+            if isinstance(exc, web.HTTPMethodNotAllowed):
+                response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+        except ConnectionError:
+            # The client went away (mid-body, say): nothing to answer, not a bug.
+            log.debug("client_gone", extra={"fields": {"path": request.path, "peer": request.remote}})
+            raise
         except Exception:
             log.exception("unhandled_error", extra={"fields": {"path": request.path}})
-            response = error_response(ScoreboardError(Code.INTERNAL_ERROR, "Internal server error."))
+            code = Code.INTERNAL_ERROR
+            response = error_response(ScoreboardError(code, "Internal server error."))
         response.headers["X-Request-ID"] = rid
         status = response.status
+        elapsed = time.perf_counter() - started
+        metrics = request.app.get(METRICS)
+        if metrics is not None:
+            metrics.request_done(request, status, code, elapsed)
         level = logging.INFO if status >= 400 else logging.DEBUG
         if log.isEnabledFor(level):
             log.log(
@@ -153,7 +205,7 @@ async def _handle(request: web.Request, handler: Handler, rid: str) -> web.Strea
                         "method": request.method,
                         "path": request.path,
                         "status": status,
-                        "ms": round((time.perf_counter() - started) * 1000, 2),
+                        "ms": round(elapsed * 1000, 2),
                         "peer": request.remote,
                     }
                 },
@@ -194,12 +246,14 @@ class Routes:
         *,
         max_body_bytes: int,
         readiness_timeout_s: float,
+        request_timeout_s: float = 10.0,
     ) -> None:
         self._service = service
         self._encoder = encoder
         self._verifier = verifier
         self._max_body = max_body_bytes
         self._readiness_timeout = readiness_timeout_s
+        self._request_timeout = request_timeout_s
 
     def add_to(self, app: web.Application) -> None:
         """Register the routes on `app`."""
@@ -207,14 +261,15 @@ class Routes:
         app.router.add_post("/scores/update", self.update)
         app.router.add_post("/api/score/update", self.update)
         app.router.add_post("/api/actions", self.start_action)
-        app.router.add_get("/api/users/{user_id}", self.user)
+        # Any id but "/" (aiohttp's default pattern also refuses "{" and "}").
+        app.router.add_get(USER_PATH, self.user)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/", self.page)
-        app.router.add_static("/static/", STATIC_DIR)
+        app.router.add_get("/static/{name}", self.static)
 
-    def _authenticate(self, request: web.Request) -> Identity:
-        return self._verifier.verify(bearer_token(request.headers.get("Authorization")))
+    async def _authenticate(self, request: web.Request) -> Identity:
+        return await self._verifier.authenticate(bearer_token(request.headers.get("Authorization")))
 
     async def _json(self, request: web.Request) -> object:
         if request.content_length is not None and request.content_length > self._max_body:
@@ -224,10 +279,22 @@ class Routes:
                 Code.UNSUPPORTED_MEDIA_TYPE, "Send the body as Content-Type: application/json."
             )
         try:
-            raw = await request.read()
+            async with asyncio.timeout(self._request_timeout):
+                raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise ScoreboardError(
                 Code.PAYLOAD_TOO_LARGE, f"The body exceeds {self._max_body} bytes."
+            ) from None
+        except TimeoutError:
+            raise ScoreboardError(
+                Code.REQUEST_TIMEOUT, f"The body did not arrive within {self._request_timeout:g} s."
+            ) from None
+        except RequestPayloadError:  # a body that does not match its Content-Encoding
+            # The rest of the body cannot be read either: end it here rather
+            # than let aiohttp try to drain it, and close the connection.
+            request.content.feed_eof()
+            raise ScoreboardError(
+                Code.BAD_REQUEST, "The body could not be read (does it match its Content-Encoding?)."
             ) from None
         try:
             return orjson.loads(raw)
@@ -236,41 +303,14 @@ class Routes:
 
     async def update(self, request: web.Request) -> web.Response:
         """POST /scores/update and /api/score/update: credit one action."""
-        identity = self._authenticate(request)
+        identity = await self._authenticate(request)
         body = await self._json(request)
-        service = self._service()
-        prepared = service.prepare_update(identity, body)
-        if not service.ack_commit:
-            # Without waiting for the store the server cannot tell a retry
-            # from a new action, so an expired ticket is refused outright.
-            if prepared.if_new is not None:
-                raise prepared.if_new
-            service.submit(prepared).add_done_callback(_consume)
-            return json_response(
-                {
-                    "success": True,
-                    "accepted": True,
-                    "userId": prepared.update.user_id,
-                    "actionId": prepared.update.action_id,
-                    "topUsers": self._encoder().top_users(),
-                },
-                status=202,
-            )
-        result = service.answer(prepared, await service.submit(prepared))
-        return json_response(self._credit_body(result))
-
-    def _credit_body(self, result: Result) -> dict[str, Any]:
-        return {
-            "success": True,
-            "userId": result.user_id,
-            "newScore": result.new_score,
-            "duplicate": result.outcome is Outcome.DUPLICATE,
-            "topUsers": self._encoder().top_users(),
-        }
+        answer = await self._service().credit(identity, body).answer()
+        return json_response(answer.body | {"topUsers": self._encoder().top_users()}, status=answer.status)
 
     async def start_action(self, request: web.Request) -> web.Response:
         """POST /api/actions: issue a ticket for an action the player starts."""
-        identity = self._authenticate(request)
+        identity = await self._authenticate(request)
         started = self._service().start_action(identity, await self._json(request))
         return json_response(
             {
@@ -289,9 +329,7 @@ class Routes:
 
     async def user(self, request: web.Request) -> web.Response:
         """GET /api/users/{userId}: one user's score and rank."""
-        user_id = request.match_info["user_id"]
-        if len(user_id) > MAX_STRING_CHARS:
-            raise invalid("userId", f"'userId' must be 1 to {MAX_STRING_CHARS} characters long.")
+        user_id = path_id(request.match_info["user_id"], "userId")
         standing = await self._service().standing(user_id)
         e = standing.entry
         return json_response(
@@ -301,6 +339,13 @@ class Routes:
     async def page(self, request: web.Request) -> web.FileResponse:
         """GET /: the live board page."""
         return web.FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
+
+    async def static(self, request: web.Request) -> web.FileResponse:
+        """GET /static/{name}: the live page's own files, and nothing else."""
+        path = STATIC_FILES.get(request.match_info["name"])
+        if path is None:
+            raise ScoreboardError(Code.NOT_FOUND, "No such resource.")
+        return web.FileResponse(path, headers={"X-Content-Type-Options": "nosniff"})
 
     async def healthz(self, request: web.Request) -> web.Response:
         """GET /healthz: the process is alive."""
@@ -323,10 +368,3 @@ class Routes:
                 retry_after=service.retry_after_s,
             )
         return json_response({"status": "ready", "queued": service.writer.queued})
-
-
-def _consume(future: asyncio.Future[Result]) -> None:
-    # ACK=memory: the client already has its 202, so a failure can only be
-    # logged (conflicts are logged as events when their batch commits).
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("unacknowledged_update_failed", extra={"fields": {"error": repr(future.exception())}})

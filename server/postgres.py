@@ -18,6 +18,7 @@ import asyncpg
 from .board import Entry
 from .store import (
     BatchResult,
+    DataRefused,
     LedgerRow,
     StorageError,
     Update,
@@ -112,7 +113,16 @@ class PostgresStore:
                 max_size=pool_max,
                 timeout=timeout_s,
                 command_timeout=timeout_s,
-                server_settings={"application_name": "scoreboard"},
+                server_settings={
+                    "application_name": "scoreboard",
+                    # A prepared statement's generic plan, chosen while the
+                    # ledger was new and tiny, is a sequential scan that
+                    # PostgreSQL keeps for the connection's life; planning
+                    # each execution keeps the action-id lookup on its index
+                    # as the table grows (tests/test_store.py reads the scan
+                    # counters). Planning costs tens of microseconds a batch.
+                    "plan_cache_mode": "force_custom_plan",
+                },
             )
         except _DRIVER_ERRORS as exc:
             raise StorageError(f"postgresql: {exc}") from exc
@@ -142,13 +152,19 @@ class PostgresStore:
             raise StorageError(f"postgresql: {exc}") from exc
 
     async def apply_batch(self, batch: Sequence[Update], stamps: Sequence[int], now_us: int) -> BatchResult:
-        """Credit a batch in one transaction."""
+        """Credit a batch in one transaction; DataRefused if PostgreSQL refused its data."""
         for attempt in range(_CONFLICT_RETRIES):
             try:
                 return await self._apply(batch, stamps, now_us)
             except asyncpg.UniqueViolationError:
                 if attempt == _CONFLICT_RETRIES - 1:
                     raise StorageError("postgresql: action ids kept colliding with another writer") from None
+            except asyncpg.NumericValueOutOfRangeError as exc:  # a score sum past bigint
+                raise DataRefused(f"postgresql: {exc}", overflow=True) from exc
+            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+                # Class 22 (NUL in text, a value asyncpg cannot encode: lone
+                # surrogates, ints past int64) and 23 (CHECK, NOT NULL).
+                raise DataRefused(f"postgresql: {exc}", overflow="int64" in str(exc)) from exc
             except _DRIVER_ERRORS as exc:
                 raise StorageError(f"postgresql: {exc}") from exc
         raise AssertionError("unreachable")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from typing import TypeVar
 from .board import Entry
 from .store import (
     BatchResult,
+    DataRefused,
     LedgerRow,
     StorageError,
     Update,
@@ -130,7 +132,7 @@ class SqliteStore:
 
     @classmethod
     async def open(cls, url: str, *, timeout_s: float = 5.0, synchronous: str = "FULL") -> SqliteStore:
-        """Open the file (creating it and its directory), apply migrations."""
+        """Open the file (creating it, mode 0600, in an existing directory), apply migrations."""
         if synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
             raise ValueError("sqlite synchronous must be FULL, NORMAL or EXTRA")
         store = cls(sqlite_path(url), timeout_s=timeout_s, synchronous=synchronous.upper())
@@ -148,7 +150,16 @@ class SqliteStore:
         return con
 
     def _open_writer(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        if not self._path.parent.is_dir():
+            # Creating it would silently serve an empty board from a typo'd path.
+            raise StorageError(
+                f"sqlite: the directory {self._path.parent} does not exist; "
+                "create it or correct SCOREBOARD_DATABASE_URL"
+            )
+        with contextlib.suppress(FileExistsError):
+            # A new database is private to the server's user (0600); SQLite
+            # gives its -wal and -shm files the same mode.
+            os.close(os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
         con = self._connect()
         con.execute("PRAGMA journal_mode = WAL")
         con.execute(f"PRAGMA synchronous = {self._synchronous}")
@@ -183,8 +194,20 @@ class SqliteStore:
         return con
 
     async def apply_batch(self, batch: Sequence[Update], stamps: Sequence[int], now_us: int) -> BatchResult:
-        """Credit a batch in one transaction."""
-        return await self._on(self._writer, lambda: self._apply(batch, stamps, now_us))
+        """Credit a batch in one transaction; DataRefused if SQLite refused its data."""
+        return await self._on(self._writer, lambda: self._apply_checked(batch, stamps, now_us))
+
+    def _apply_checked(self, batch: Sequence[Update], stamps: Sequence[int], now_us: int) -> BatchResult:
+        # Data errors are told apart from outages (OperationalError: disk
+        # full, I/O error, locked), which _on turns into StorageError.
+        try:
+            return self._apply(batch, stamps, now_us)
+        except OverflowError as exc:  # a Python int beyond SQLite's 64-bit INTEGER
+            raise DataRefused(f"sqlite: {exc}", overflow=True) from exc
+        except (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError) as exc:
+            raise DataRefused(f"sqlite: {exc}") from exc
+        except UnicodeEncodeError as exc:  # lone surrogates cannot be encoded as UTF-8
+            raise DataRefused(f"sqlite: {exc.reason}") from exc
 
     def _apply(self, batch: Sequence[Update], stamps: Sequence[int], now_us: int) -> BatchResult:
         con = self._require(self._wcon)
@@ -204,6 +227,10 @@ class SqliteStore:
                 row = con.execute(
                     _UPSERT_USER, (d.user_id, d.username, d.delta, d.reached_at, now_us)
                 ).fetchone()
+                if not isinstance(row[2], int):
+                    # SQLite turns an INTEGER sum past 2^63-1 into a REAL
+                    # instead of failing; the transaction is rolled back.
+                    raise DataRefused(f"the score of {d.user_id!r} would exceed 2^63-1", overflow=True)
                 standings[row[0]] = _entry(row)
             result = finish_batch(plan, standings, now_us)
             con.executemany(

@@ -16,8 +16,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from .broadcast import Broadcaster, ConnectionCounter, limit_send_buffer
-from .errors import Code, ScoreboardError
+from .broadcast import Broadcaster, limit_send_buffer
 from .feed import Event, http_chunk
 
 log = logging.getLogger("scoreboard.sse")
@@ -74,7 +73,6 @@ class SseEndpoint:
     def __init__(
         self,
         broadcaster: Callable[[], Broadcaster],
-        counter: ConnectionCounter,
         *,
         heartbeat_s: float = 15.0,
         retry_ms: int = 2000,
@@ -83,7 +81,6 @@ class SseEndpoint:
     ) -> None:
         self._sndbuf = sndbuf_bytes
         self._broadcaster = broadcaster
-        self._counter = counter
         self._heartbeat = heartbeat_s
         self._retry_ms = retry_ms
         self._poll = min(poll_s, heartbeat_s)
@@ -93,26 +90,17 @@ class SseEndpoint:
     def __len__(self) -> int:
         return len(self._streams)
 
+    async def head(self, request: web.Request) -> web.Response:
+        """HEAD /scores/stream: the stream's headers, no body, no subscription."""
+        return web.Response(headers=self._headers(), content_type="text/event-stream")
+
+    @staticmethod
+    def _headers() -> dict[str, str]:
+        return {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Stream board events until the client leaves or the server stops."""
-        address = request.remote or "?"
-        if not self._counter.acquire(address):
-            raise ScoreboardError(
-                Code.RATE_LIMITED, "Too many open connections from this address.", retry_after=5
-            )
-        try:
-            return await self._stream(request)
-        finally:
-            self._counter.release(address)
-
-    async def _stream(self, request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            }
-        )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **self._headers()})
         if request.version >= (1, 1):
             # Chunked explicitly, so we know the framing of our own writes.
             response.enable_chunked_encoding()
@@ -126,12 +114,14 @@ class SseEndpoint:
         limit_send_buffer(transport, self._sndbuf)
         self._ids += 1
         sub = SseSubscriber(f"sse-{self._ids}", transport, chunked=response.chunked)
-        self._streams.add(sub)
         broadcaster = self._broadcaster()
-        broadcaster.subscribe(sub, request.headers.get("Last-Event-ID"))
         loop = asyncio.get_running_loop()
-        last_beat = loop.time()
+        # Whatever happens from here on (a bad Last-Event-ID, a dead peer, a
+        # cancelled handler), the subscriber is released in the finally.
+        self._streams.add(sub)
         try:
+            broadcaster.subscribe(sub, request.headers.get("Last-Event-ID"))
+            last_beat = loop.time()
             while not sub.done.done():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(sub.done), self._poll)

@@ -28,7 +28,24 @@ class Source(StrEnum):
 
 
 class StorageError(Exception):
-    """The database could not be reached or refused the transaction."""
+    """The database could not be reached or failed the transaction (an outage)."""
+
+
+class DataRefused(Exception):
+    """The database refused a batch for its data, not for an outage.
+
+    Validation keeps such data out of batches; this is the defence in depth:
+    the writer splits the batch until only the offending update fails, and
+    storage is not marked down. `overflow` is set when a score would leave
+    the signed 64-bit range.
+    """
+
+    def __init__(self, message: str, *, overflow: bool = False) -> None:
+        super().__init__(message)
+        self.overflow = overflow
+
+
+INT64_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +177,13 @@ def plan_batch(
     for i in fresh:
         u = batch[i]
         prev = totals.get(u.user_id)
+        total = u.delta + (prev.delta if prev else 0)
+        if total > INT64_MAX:
+            raise DataRefused(f"the credits of {u.user_id!r} in one batch exceed 2^63-1", overflow=True)
         totals[u.user_id] = UserDelta(
             user_id=u.user_id,
             username=u.username if u.username is not None else (prev.username if prev else None),
-            delta=u.delta + (prev.delta if prev else 0),
+            delta=total,
             reached_at=stamps[i],
         )
     users = sorted(totals.values(), key=lambda d: d.user_id)
@@ -197,7 +217,11 @@ class Store(Protocol):
     """What the service needs from a database."""
 
     async def apply_batch(self, batch: Sequence[Update], stamps: Sequence[int], now_us: int) -> BatchResult:
-        """Credit a batch in one transaction; raises StorageError if it did not commit."""
+        """Credit a batch in one transaction.
+
+        Raises StorageError if it did not commit because of an outage, and
+        DataRefused (nothing committed) if the database refused its data.
+        """
         ...
 
     async def top(self, k: int) -> list[Entry]:

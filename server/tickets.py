@@ -19,31 +19,90 @@ The JSON object has exactly these members:
     nbf       integer, Unix seconds; not redeemable before
     exp       integer, Unix seconds; not redeemable from this second on
     type      optional string, the action type (for logs)
+    kid       optional string, the id of the key that signed it (key rotation)
 
 The signature covers the payload bytes exactly as sent, so members may come in
-any order and with any JSON whitespace.
+any order and with any JSON whitespace. Base64url is strict: no padding, no
+characters outside the alphabet, and only the canonical encoding of the bytes.
+
+Keys rotate without downtime: `TicketKeys` holds several keys, newest first.
+New tickets are signed with the newest and carry its `kid`; a ticket with a
+`kid` is verified with that key only, one without (minted before rotation, or
+by a backend that does not send one) with each key in turn.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from .errors import Code, ScoreboardError
+from .text import text_problem
+
+MIN_SECRET_BYTES = 32
 
 VERSION = "v1"
 MAX_TICKET_CHARS = 1024
 MAX_POINTS = 1_000_000_000
 MAX_ID_CHARS = 128
 _REQUIRED = {"actionId", "userId", "points", "nbf", "exp"}
-_ALLOWED = _REQUIRED | {"type"}
+_ALLOWED = _REQUIRED | {"type", "kid"}
+_KID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_B64 = re.compile(r"^[A-Za-z0-9_-]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class TicketKeys:
+    """The keys that sign and verify tickets: `keys[0]` signs, every one verifies.
+
+    Each key is `(kid, secret)`; `kid` is None only for a lone key (tickets
+    then carry no `kid`, as before rotation was configured).
+    """
+
+    keys: tuple[tuple[str | None, bytes], ...]
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            raise ValueError("at least one ticket key is needed")
+        kids = [kid for kid, _ in self.keys]
+        if len(self.keys) > 1 and any(kid is None for kid in kids):
+            raise ValueError("every ticket key needs a kid when there are several")
+        if len(set(kids)) != len(kids):
+            raise ValueError("ticket key ids must be unique")
+        for kid, secret in self.keys:
+            if kid is not None and not _KID.match(kid):
+                raise ValueError(f"ticket key id {kid!r} must be 1-64 of A-Z a-z 0-9 . _ -")
+            if len(secret) < MIN_SECRET_BYTES:
+                raise ValueError(f"ticket key {kid or ''!r} must be at least {MIN_SECRET_BYTES} bytes")
+
+    @classmethod
+    def single(cls, secret: bytes) -> TicketKeys:
+        """One key without a kid."""
+        return cls(((None, secret),))
+
+    @classmethod
+    def parse(cls, text: str) -> TicketKeys:
+        """Keys from `kid:secret,kid:secret`, newest first; raises ValueError."""
+        keys: list[tuple[str | None, bytes]] = []
+        for item in text.split(","):
+            kid, sep, secret = item.strip().partition(":")
+            if not sep:
+                raise ValueError("ticket keys look like kid:secret,kid:secret (newest first)")
+            keys.append((kid, secret.encode()))
+        return cls(tuple(keys))
+
+    def candidates(self, kid: str | None) -> list[bytes]:
+        """The secrets a ticket with `kid` may be signed with."""
+        if kid is None:
+            return [secret for _, secret in self.keys]
+        return [secret for k, secret in self.keys if k == kid]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,15 +122,24 @@ def _b64encode(raw: bytes) -> str:
 
 
 def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict unpadded base64url: the alphabet only, and the canonical encoding."""
+    if not _B64.match(text) or len(text) % 4 == 1:
+        raise ValueError("not unpadded base64url")
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64encode(raw) != text:
+        raise ValueError("not the canonical encoding")
+    return raw
 
 
 def _signature(secret: bytes, signed: str) -> bytes:
     return hmac.new(secret, signed.encode("ascii"), hashlib.sha256).digest()
 
 
-def sign_ticket(secret: bytes, ticket: Ticket) -> str:
-    """The opaque ticket string for `ticket`."""
+def sign_ticket(secret: bytes | TicketKeys, ticket: Ticket) -> str:
+    """The opaque ticket string for `ticket`, signed with the (newest) key."""
+    kid: str | None = None
+    if isinstance(secret, TicketKeys):
+        kid, secret = secret.keys[0]
     claims: dict[str, Any] = {
         "actionId": ticket.action_id,
         "userId": ticket.user_id,
@@ -81,6 +149,8 @@ def sign_ticket(secret: bytes, ticket: Ticket) -> str:
     }
     if ticket.action_type is not None:
         claims["type"] = ticket.action_type
+    if kid is not None:
+        claims["kid"] = kid
     signed = f"{VERSION}.{_b64encode(orjson.dumps(claims))}"
     return f"{signed}.{_b64encode(_signature(secret, signed))}"
 
@@ -91,8 +161,8 @@ def _invalid(message: str) -> ScoreboardError:
 
 def _id(claims: dict[str, Any], name: str) -> str:
     value = claims[name]
-    if not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_CHARS:
-        raise _invalid(f"The ticket's '{name}' must be a string of 1 to {MAX_ID_CHARS} characters.")
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_CHARS or text_problem(value):
+        raise _invalid(f"The ticket's '{name}' must be a string of 1 to {MAX_ID_CHARS} printable characters.")
     return value
 
 
@@ -103,8 +173,10 @@ def _int(claims: dict[str, Any], name: str, low: int, high: int) -> int:
     return value
 
 
-def parse_ticket(secret: bytes, text: str) -> Ticket:
+def parse_ticket(keys: bytes | TicketKeys, text: str) -> Ticket:
     """Verify the signature and shape of a ticket; raises invalid_ticket."""
+    if isinstance(keys, bytes):
+        keys = TicketKeys.single(keys)
     if len(text) > MAX_TICKET_CHARS:
         raise _invalid(f"The ticket is longer than {MAX_TICKET_CHARS} characters.")
     parts = text.split(".")
@@ -113,19 +185,23 @@ def parse_ticket(secret: bytes, text: str) -> Ticket:
     signed = f"{parts[0]}.{parts[1]}"
     try:
         given = _b64decode(parts[2])
-    except (binascii.Error, ValueError):
-        raise _invalid("The ticket is malformed.") from None
-    if not hmac.compare_digest(given, _signature(secret, signed)):
-        raise _invalid("The ticket's signature does not verify.")
-    try:
+        # Read before the signature is checked only to pick the key.
         claims = orjson.loads(_b64decode(parts[1]))
-    except (binascii.Error, ValueError):
+    except ValueError:  # binascii.Error and orjson.JSONDecodeError are ValueErrors
         raise _invalid("The ticket is malformed.") from None
     if not isinstance(claims, dict) or not _REQUIRED <= claims.keys() <= _ALLOWED:
         raise _invalid("The ticket's payload has missing or unknown members.")
+    kid = claims.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        raise _invalid("The ticket's 'kid' must be a string.")
+    secrets = keys.candidates(kid)
+    if not secrets:
+        raise _invalid("The ticket was signed with a key this server does not know.")
+    if not any(hmac.compare_digest(given, _signature(secret, signed)) for secret in secrets):
+        raise _invalid("The ticket's signature does not verify.")
     action_type = claims.get("type")
-    if action_type is not None and not isinstance(action_type, str):
-        raise _invalid("The ticket's 'type' must be a string.")
+    if action_type is not None and (not isinstance(action_type, str) or text_problem(action_type)):
+        raise _invalid("The ticket's 'type' must be a string of printable characters.")
     limit = 2**53
     return Ticket(
         action_id=_id(claims, "actionId"),

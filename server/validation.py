@@ -1,7 +1,8 @@
 """Strict validation of request bodies, shared by every transport.
 
 Pure. Unknown members, wrong types (booleans and floats are not integers),
-empty strings, strings over the limit and missing members are refused with a
+empty strings, strings over the limit or breaking the text rule (`text.py`),
+integers out of range and missing members are refused with a
 `validation_failed` error naming the member.
 """
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import invalid
+from .text import text_problem
 from .tickets import MAX_TICKET_CHARS
 from .tokens import Role
 
@@ -44,9 +46,18 @@ def text(body: Mapping[str, Any], name: str, limit: int = MAX_STRING_CHARS) -> s
         raise invalid(name, f"'{name}' must be a string.")
     if not value or len(value) > limit:
         raise invalid(name, f"'{name}' must be 1 to {limit} characters long.")
-    if not value.isprintable():
-        raise invalid(name, f"'{name}' must not contain control characters.")
+    problem = text_problem(value)
+    if problem is not None:
+        raise invalid(name, f"'{name}' must not contain {problem}.")
     return value
+
+
+def path_id(value: str, name: str) -> str:
+    """An id taken from a URL path: the same rule as an id in a body."""
+    checked = text({name: value}, name)
+    if checked is None:
+        raise invalid(name, f"'{name}' is required.")
+    return checked
 
 
 def integer(body: Mapping[str, Any], name: str, low: int, high: int) -> int | None:

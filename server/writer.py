@@ -6,6 +6,11 @@ in one transaction, hands the committed result to `on_commit` (the board and
 the event log), and only then resolves the futures, so nothing is answered as
 credited before it is durable.
 
+A batch the database refuses for its data (DataRefused: a value it cannot
+store, a score past 2^63-1) is split in halves and retried until only the
+offending update fails, with `validation_failed` or `score_overflow`; the
+others commit and storage is not marked down.
+
 When a batch fails (database stopped, connection cut, disk full, timeout) its
 updates and everything queued behind it fail with `storage_unavailable`, new
 submissions are refused at once, and a probe pings the store until it answers;
@@ -19,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from .errors import Code, ScoreboardError
-from .store import BatchResult, Result, Store, Update
+from .store import BatchResult, DataRefused, Result, Store, Update
 
 log = logging.getLogger("scoreboard.writer")
 
@@ -53,6 +59,7 @@ class Writer:
         clock_us: Callable[[], int],
         on_commit: Callable[[Sequence[Update], BatchResult], None],
         on_recover: Callable[[], Awaitable[None]],
+        on_batch: Callable[[int, float], None] = lambda size, seconds: None,
         flush_interval_s: float = 0.0,
         max_batch: int = 1000,
         max_queue: int = 20_000,
@@ -66,6 +73,7 @@ class Writer:
         self._clock_us = clock_us
         self._on_commit = on_commit
         self._on_recover = on_recover
+        self._on_batch = on_batch
         self._interval = flush_interval_s
         self._max_batch = max_batch
         self._max_queue = max_queue
@@ -82,6 +90,7 @@ class Writer:
         self._probe: asyncio.Task[None] | None = None
         self.batches = 0
         self.committed = 0
+        self.refused = 0
 
     @property
     def healthy(self) -> bool:
@@ -134,6 +143,13 @@ class Writer:
             self._full.set()
         return future
 
+    def _stopped(self) -> ScoreboardError:
+        return ScoreboardError(
+            Code.SHUTTING_DOWN,
+            "The server stopped before storing the update.",
+            retry_after=self._retry_after,
+        )
+
     def _unavailable(self) -> ScoreboardError:
         return ScoreboardError(
             Code.STORAGE_UNAVAILABLE,
@@ -166,11 +182,18 @@ class Writer:
         self._last_stamp = start + n - 1
         return list(range(start, start + n))
 
-    async def _flush(self, batch: list[_Pending]) -> None:
+    async def _flush(self, batch: list[_Pending]) -> bool:
+        """Commit `batch`; False if storage failed (the batch is answered either way).
+
+        A batch the database refuses for its data (not an outage) is split
+        in halves until only the offending update fails: another client's
+        bad input never fails an honest update or marks storage down.
+        """
         updates = [p.update for p in batch]
         attempt = asyncio.ensure_future(
             self._store.apply_batch(updates, self._stamps(len(updates)), self._clock_us())
         )
+        started = time.perf_counter()
         try:
             # shield: at the deadline the batch fails at once; the driver's own
             # cleanup of the cancelled attempt (a CancelRequest and ROLLBACK over
@@ -181,17 +204,35 @@ class Writer:
             _abandon(attempt)
             self._fail(
                 batch,
-                ScoreboardError(Code.SHUTTING_DOWN, "The server stopped before storing the update."),
+                self._stopped(),
             )
             raise
+        except DataRefused as exc:
+            if len(batch) > 1:
+                half = len(batch) // 2
+                if not await self._flush(batch[:half]):
+                    self._fail(batch[half:], self._unavailable())
+                    return False
+                return await self._flush(batch[half:])
+            self.refused += 1
+            log.warning(
+                "update_refused_by_store",
+                extra={
+                    "request_id": batch[0].update.request_id,
+                    "fields": {"action_id": batch[0].update.action_id, "error": str(exc)},
+                },
+            )
+            self._fail(batch, _refusal(exc))
+            return True
         except Exception as exc:
             _abandon(attempt)
             log.error("batch_failed", extra={"fields": {"size": len(batch), "error": repr(exc)}})
             self._mark_down()
             self._fail(batch, self._unavailable())
-            return
+            return False
         self.batches += 1
         self.committed += len(result.ledger)
+        self._on_batch(len(batch), time.perf_counter() - started)
         try:
             self._on_commit(updates, result)
         except Exception:
@@ -199,6 +240,7 @@ class Writer:
         for pending, res in zip(batch, result.results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(res)
+        return True
 
     def _fail(self, batch: Sequence[_Pending], error: ScoreboardError) -> None:
         for pending in batch:
@@ -254,8 +296,16 @@ class Writer:
         self._queue.clear()
         self._fail(
             remaining,
-            ScoreboardError(Code.SHUTTING_DOWN, "The server stopped before storing the update."),
+            self._stopped(),
         )
+
+
+def _refusal(exc: DataRefused) -> ScoreboardError:
+    if exc.overflow:
+        return ScoreboardError(
+            Code.SCORE_OVERFLOW, "The credit would take the score past 9223372036854775807 (2^63-1)."
+        )
+    return ScoreboardError(Code.VALIDATION_FAILED, "The database refused this update's data.")
 
 
 def _abandon(attempt: asyncio.Future[BatchResult]) -> None:

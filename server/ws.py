@@ -7,6 +7,13 @@ replies and pongs directly, board events through the broadcaster, which
 shares one encoded frame among all subscribers. Nothing here awaits a slow
 peer: a connection whose unsent bytes exceed `max_buffer_bytes` (it is not
 reading even its acks) is closed.
+
+Flow control is TCP's: while `max_pending_updates` updates of a socket wait
+for their acks, the reader stops reading from it (aiohttp then stops reading
+the socket, and the peer's sends block), so a game backend can pipeline
+thousands of updates on one socket and get every ack. Trusted backends
+(service tokens) are not subject to the per-message rate limit meant for
+players.
 """
 
 from __future__ import annotations
@@ -23,14 +30,14 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from .broadcast import Broadcaster, ConnectionCounter, limit_send_buffer
+from .broadcast import Broadcaster, limit_send_buffer
 from .errors import Code, ScoreboardError, invalid
-from .feed import Event, parse_since, ws_text_frame
+from .feed import Event, ws_text_frame
 from .logs import request_id
 from .ratelimit import RateLimiter
-from .service import Prepared, ScoreService
-from .store import Outcome, Result
-from .tokens import Identity, TokenVerifier, bearer_token
+from .service import PendingCredit, ScoreService
+from .text import text_problem
+from .tokens import Identity, Role, TokenVerifier, bearer_token
 
 log = logging.getLogger("scoreboard.ws")
 
@@ -74,8 +81,7 @@ def origin_allowed(origin: str | None, host: str | None, allowed: frozenset[str]
 @dataclass(slots=True)
 class _PendingAck:
     ref: str | int
-    prepared: Prepared
-    future: asyncio.Future[Result]
+    credit: PendingCredit
 
 
 def _error_frame(ref: str | int | None, err: ScoreboardError) -> bytes:
@@ -98,8 +104,10 @@ class WsConnection:
         token: str | None,
         limits: WsLimits,
         clock: Callable[[], float],
+        on_error: Callable[[Code], None] = lambda code: None,
     ) -> None:
         self._conn_id = conn_id
+        self._on_error = on_error
         self._ws = ws
         self._transport = transport
         self._service = service
@@ -113,8 +121,14 @@ class WsConnection:
         self._messages = 0
         self._violations = 0
         self._limiter = RateLimiter(window_s=1.0, max_keys=1)
-        self._replies: asyncio.Queue[bytes | _PendingAck] = asyncio.Queue()
+        self._replies: asyncio.Queue[bytes | _PendingAck | asyncio.Future[bytes]] = asyncio.Queue()
         self._pending = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        # An `auth` message being verified, and the future its reply waits on.
+        self._verifying: (
+            tuple[asyncio.Task[Identity], str, str | int | None, asyncio.Future[bytes]] | None
+        ) = None
         self._closing = False
         self._close_task: asyncio.Task[None] | None = None
 
@@ -161,11 +175,15 @@ class WsConnection:
             )
             self.abort(WSCloseCode.POLICY_VIOLATION, "not reading")
 
-    def _reply(self, item: bytes | _PendingAck) -> None:
+    def _reply(self, item: bytes | _PendingAck | asyncio.Future[bytes]) -> None:
         self._replies.put_nowait(item)
 
     def _refuse(self, ref: str | int | None, err: ScoreboardError) -> None:
-        self._reply(_error_frame(ref, err))
+        self._reply(self._error(ref, err))
+
+    def _error(self, ref: str | int | None, err: ScoreboardError) -> bytes:
+        self._on_error(err.code)
+        return _error_frame(ref, err)
 
     async def reply_loop(self) -> None:
         """Answer updates and refusals in the order their messages came in."""
@@ -174,30 +192,36 @@ class WsConnection:
             try:
                 if isinstance(item, bytes):
                     self._write(item)
-                else:
+                elif isinstance(item, _PendingAck):
                     self._write(await self._ack(item))
+                else:
+                    self._write(await item)
             finally:
                 self._replies.task_done()
 
     async def _ack(self, pending: _PendingAck) -> bytes:
         try:
-            result = self._service.answer(pending.prepared, await pending.future)
+            answer = await pending.credit.answer()
         except ScoreboardError as err:
-            return _error_frame(pending.ref, err)
+            return self._error(pending.ref, err)
         finally:
             self._pending -= 1
-        return ws_text_frame(
-            orjson.dumps(
-                {
-                    "type": "ack",
-                    "id": pending.ref,
-                    "success": True,
-                    "userId": result.user_id,
-                    "newScore": result.new_score,
-                    "duplicate": result.outcome is Outcome.DUPLICATE,
-                }
-            )
-        )
+            if self._pending < self._limits.max_pending_updates:
+                self._room.set()
+        return ws_text_frame(orjson.dumps({"type": "ack", "id": pending.ref} | answer.body))
+
+    async def readable(self) -> None:
+        """Wait until the next message may be read.
+
+        Not while an `auth` is being verified (the next message must see its
+        outcome), nor while `max_pending_updates` updates wait for their acks:
+        the socket is then not read at all, so the peer feels TCP backpressure.
+        """
+        if self._verifying is not None:
+            await self._settle_auth()
+        while self._pending >= self._limits.max_pending_updates:
+            self._room.clear()
+            await self._room.wait()
 
     # -- reading ----------------------------------------------------------
 
@@ -213,10 +237,11 @@ class WsConnection:
         if (
             not isinstance(ref, str | int)
             or isinstance(ref, bool)
-            or (isinstance(ref, str) and len(ref) > MAX_ID_CHARS)
+            or (isinstance(ref, str) and (len(ref) > MAX_ID_CHARS or text_problem(ref) is not None))
         ):
             ref = None
-        if self._limiter.acquire("", self._limits.messages_per_s, self._clock()) is not None:
+        trusted = self._identity is not None and self._identity.role is Role.SERVICE
+        if not trusted and self._limiter.acquire("", self._limits.messages_per_s, self._clock()) is not None:
             self._violations += 1
             if self._violations >= self._limits.max_violations:
                 self.abort(WSCloseCode.POLICY_VIOLATION, "rate limit exceeded")
@@ -240,6 +265,10 @@ class WsConnection:
             self._dispatch(msg, ref)
         except ScoreboardError as err:
             self._refuse(ref, err)
+        except Exception:
+            # A bug must cost this message, not the connection or the server.
+            log.exception("ws_message_failed", extra={"fields": {"conn_id": self._conn_id}})
+            self._refuse(ref, ScoreboardError(Code.INTERNAL_ERROR, "Internal server error."))
 
     def on_binary(self) -> None:
         """Binary frames are refused: the protocol is JSON text."""
@@ -270,8 +299,10 @@ class WsConnection:
     def _subscribe(self, msg: dict[str, Any]) -> None:
         self._channel(msg)
         since = msg.get("since")
-        if since is not None and (not isinstance(since, str) or parse_since(since) is None):
-            raise invalid("since", "'since' must be '<epoch>:<seq>' from an earlier event.")
+        if since is not None and not isinstance(since, str):
+            raise invalid("since", "'since' must be the string '<epoch>:<seq>' of an earlier event.")
+        # Any position the feed cannot resume from (malformed, too old,
+        # another epoch) gets a snapshot, as over SSE.
         self._broadcaster.subscribe(self, since)
 
     def _auth(self, msg: dict[str, Any], ref: str | int | None) -> None:
@@ -286,15 +317,37 @@ class WsConnection:
                 "Authenticate with the first message, "
                 f"within {self._limits.auth_timeout_s:g} s of connecting.",
             )
-        identity = self._verifier.verify(token)
-        if self._identity is not None and identity.user_id != self._identity.user_id:
-            raise ScoreboardError(Code.FORBIDDEN, "A connection cannot change its user; reconnect instead.")
-        self._identity, self._token = identity, token
-        self._reply(
-            ws_text_frame(
-                orjson.dumps({"type": "auth", "id": ref, "success": True, "userId": identity.user_id})
-            )
-        )
+        # Verified off the reader (a key set may be refreshed first); the
+        # reader waits for the outcome before it reads the next message.
+        task = asyncio.get_running_loop().create_task(self._verifier.authenticate(token))
+        reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._verifying = (task, token, ref, reply)
+        self._reply(reply)
+
+    async def _settle_auth(self) -> None:
+        if self._verifying is None:
+            return
+        task, token, ref, reply = self._verifying
+        try:
+            identity = await asyncio.shield(task)
+        except ScoreboardError as refused:
+            frame = self._error(ref, refused)
+        else:
+            if self._identity is not None and identity.user_id != self._identity.user_id:
+                frame = self._error(
+                    ref,
+                    ScoreboardError(
+                        Code.FORBIDDEN, "A connection cannot change its user; reconnect instead."
+                    ),
+                )
+            else:
+                self._identity, self._token = identity, token
+                frame = ws_text_frame(
+                    orjson.dumps({"type": "auth", "id": ref, "success": True, "userId": identity.user_id})
+                )
+        self._verifying = None
+        if not reply.done():
+            reply.set_result(frame)
 
     def _update(self, msg: dict[str, Any], ref: str | int | None) -> None:
         if ref is None:
@@ -302,45 +355,20 @@ class WsConnection:
         if self._identity is None or self._token is None:
             raise ScoreboardError(Code.UNAUTHORIZED, "Authenticate before sending updates.")
         identity = self._verifier.verify(self._token)  # cached; catches expiry
-        if self._pending >= self._limits.max_pending_updates:
-            raise ScoreboardError(
-                Code.RATE_LIMITED,
-                f"At most {self._limits.max_pending_updates} updates may wait for their acks.",
-                retry_after=1,
-            )
         body = {k: v for k, v in msg.items() if k not in ("type", "id")}
         token = request_id.set(f"{self._conn_id}/{ref}")
         try:
-            prepared = self._service.prepare_update(identity, body)
-            if not self._service.ack_commit:
-                if prepared.if_new is not None:
-                    raise prepared.if_new
-                self._service.submit(prepared).add_done_callback(_retrieve)
-                accepted = {
-                    "type": "ack",
-                    "id": ref,
-                    "success": True,
-                    "accepted": True,
-                    "userId": prepared.update.user_id,
-                }
-                self._reply(ws_text_frame(orjson.dumps(accepted)))
-                return
-            future = self._service.submit(prepared)
+            credit = self._service.credit(identity, body)
         finally:
             request_id.reset(token)
         self._pending += 1
-        self._reply(_PendingAck(ref, prepared, future))
+        self._reply(_PendingAck(ref, credit))
 
     async def drain(self, timeout_s: float) -> None:
         """Stop taking messages and wait until every queued reply was written."""
         self._closing = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._replies.join(), timeout_s)
-
-
-def _retrieve(future: asyncio.Future[Result]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 class WsEndpoint:
@@ -351,16 +379,16 @@ class WsEndpoint:
         service: Callable[[], ScoreService],
         broadcaster: Callable[[], Broadcaster],
         verifier: TokenVerifier,
-        counter: ConnectionCounter,
         *,
         allowed_origins: frozenset[str],
         limits: WsLimits,
         clock: Callable[[], float] = time.monotonic,
+        on_error: Callable[[Code], None] = lambda code: None,
     ) -> None:
+        self._on_error = on_error
         self._service = service
         self._broadcaster = broadcaster
         self._verifier = verifier
-        self._counter = counter
         self._allowed = allowed_origins
         self._limits = limits
         self._clock = clock
@@ -379,19 +407,16 @@ class WsEndpoint:
                 Code.UNAUTHORIZED,
                 "Tokens in the URL are not accepted; send an Authorization header or an auth message.",
             )
+        if not web.WebSocketResponse().can_prepare(request).ok:
+            raise ScoreboardError(
+                Code.UPGRADE_REQUIRED,
+                "GET /ws is a WebSocket endpoint: send a WebSocket upgrade request.",
+            )
         identity = token = None
         if "Authorization" in request.headers:
             token = bearer_token(request.headers["Authorization"])
-            identity = self._verifier.verify(token)
-        address = request.remote or "?"
-        if not self._counter.acquire(address):
-            raise ScoreboardError(
-                Code.RATE_LIMITED, "Too many open connections from this address.", retry_after=5
-            )
-        try:
-            return await self._run(request, identity, token)
-        finally:
-            self._counter.release(address)
+            identity = await self._verifier.authenticate(token)
+        return await self._run(request, identity, token)
 
     async def _run(
         self, request: web.Request, identity: Identity | None, token: str | None
@@ -417,12 +442,15 @@ class WsEndpoint:
             token=token,
             limits=limits,
             clock=self._clock,
+            on_error=self._on_error,
         )
         self._connections.add(conn)
         replies = asyncio.get_running_loop().create_task(conn.reply_loop())
         log.debug("ws_open", extra={"fields": {"conn_id": conn.conn_id, "peer": request.remote}})
         try:
-            async for msg in ws:
+            while True:
+                await conn.readable()
+                msg = await ws.receive()
                 if msg.type is WSMsgType.TEXT:
                     conn.on_text(msg.data)
                 elif msg.type is WSMsgType.BINARY:

@@ -197,6 +197,7 @@ async def start_server(
     app = create_app(settings, clock=clock or time.time)
     runner, port = await start(app, settings)
     url = f"http://127.0.0.1:{port}"
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    # A realistic client: at most 100 connections, under the per-address cap.
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
     now = clock() if clock else None
     return ServerHandle(app, runner, settings, url, session, token("backend", role=Role.SERVICE, now=now))

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from scoreboard.board import Board, Entry
-from scoreboard.broadcast import Broadcaster, ConnectionCounter
+from scoreboard.broadcast import Broadcaster
 from scoreboard.feed import Event, Feed
 
 
@@ -47,14 +47,3 @@ async def test_a_failing_subscriber_does_not_cost_the_others_their_events() -> N
     assert [o.seqs for o in others] == [[0, 1]] * 3
     assert broken.aborted == 1011
     assert len(broadcaster) == 3
-
-
-def test_connection_counter() -> None:
-    counter = ConnectionCounter(2)
-    assert counter.acquire("a") and counter.acquire("a")
-    assert not counter.acquire("a")
-    assert counter.acquire("b")
-    counter.release("a")
-    assert counter.acquire("a")
-    unlimited = ConnectionCounter(0)
-    assert all(unlimited.acquire("x") for _ in range(1000))

@@ -21,7 +21,7 @@ from scoreboard.tokens import Role
 from scoreboard.validation import parse_update
 
 SECRET = b"t" * 32
-CORE = ["board", "tokens", "tickets", "catalog", "ratelimit", "validation", "errors", "store"]
+CORE = ["board", "tokens", "tickets", "catalog", "ratelimit", "text", "validation", "errors", "store", "feed"]
 IO_MODULES = {"asyncio", "aiohttp", "asyncpg", "sqlite3", "socket", "uvloop", "os", "time", "logging", "io"}
 
 
