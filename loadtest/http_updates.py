@@ -382,7 +382,8 @@ async def run_once(m: Matrix, store: str, variant: Variant, round_no: int) -> Ru
             driver = Driver(server.url, m.shape, tag, server.cpu_seconds)
             if m.profile_dir is not None:
                 m.profile_dir.mkdir(parents=True, exist_ok=True)
-                out = m.profile_dir / f"{store}-{variant.name}-r{round_no}.txt"
+                safe = re.sub(r"[^A-Za-z0-9_.=+-]", "_", variant.name)
+                out = m.profile_dir / f"{store}-{safe}-r{round_no}.txt"
                 spy = _profile(
                     server, out, m.shape.warmup_s + m.shape.duration_s, m.profile_args, m.client_cpu
                 )

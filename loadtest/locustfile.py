@@ -95,6 +95,15 @@ def player_id(n: int) -> str:
     return f"player-{n:05d}"
 
 
+def _backed_off(resp: Any) -> bool:
+    """A 429 from the per-player limit: wait as told, like a well-behaved client (not a failure)."""
+    if resp.status_code != 429:
+        return False
+    resp.success()
+    time.sleep(min(float(resp.headers.get("Retry-After", "1")), 60.0))
+    return True
+
+
 class Player(HttpUser):
     """A game client: start an action, play, redeem its ticket."""
 
@@ -112,6 +121,8 @@ class Player(HttpUser):
         with self.client.post(
             "/api/actions", json={"type": ACTION_TYPE}, headers=self.headers, catch_response=True
         ) as resp:
+            if _backed_off(resp):
+                return
             if resp.status_code != 201:
                 resp.failure(f"start action: {resp.status_code} {resp.text[:200]}")
                 return
@@ -131,6 +142,8 @@ class Player(HttpUser):
         with self.client.post(
             "/scores/update", json=body, headers=self.headers, name=name, catch_response=True
         ) as resp:
+            if _backed_off(resp):
+                return None
             if resp.status_code != 200:
                 resp.failure(f"redeem: {resp.status_code} {resp.text[:200]}")
                 return None

@@ -28,12 +28,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestPayloadError
 from yarl import URL
 
 from .errors import Code, ScoreboardError
@@ -282,6 +284,21 @@ class GuardedRequestHandler(web.RequestHandler):
         peername = self.peername
         return peername[0] if isinstance(peername, tuple) else None
 
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp's log of an exception outside the handlers (draining an unread body).
+
+        A body that does not match its Content-Encoding is the client's
+        fault, not ours: one info line instead of an error with a traceback.
+        """
+        exc = kw.get("exc_info")
+        if isinstance(exc, RequestPayloadError | HttpProcessingError):
+            http_log.info(
+                "unreadable_body",
+                extra={"fields": {"peer": self._address(), "error": type(exc).__name__}},
+            )
+            return
+        super().log_exception(*args, **kw)
+
     def handle_error(
         self,
         request: web.BaseRequest,
@@ -366,6 +383,30 @@ async def connection_middleware(request: web.Request, handler: Handler) -> web.S
         protocol.request_finished()
 
 
+class _ExpectGuard:
+    """Answers an `Expect` other than 100-continue with JSON 417, before the application.
+
+    aiohttp handles `Expect` ahead of the middlewares: an unknown value came
+    back as plain text, and one that is not UTF-8 as a 500.
+    """
+
+    __slots__ = ("_handler",)
+
+    def __init__(self, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]) -> None:
+        self._handler = handler
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        expect = request.headers.get("Expect")
+        if expect is None or expect.lower() == "100-continue":
+            return await self._handler(request)
+        response = error_response(
+            ScoreboardError(Code.EXPECTATION_FAILED, "Only 'Expect: 100-continue' is supported.")
+        )
+        response.headers["X-Request-ID"] = secrets.token_hex(6)
+        response.force_close()
+        return response
+
+
 class GuardedSite(web.BaseSite):
     """A TCP listener whose connections are `GuardedRequestHandler`s; stops with `runner.cleanup()`.
 
@@ -430,6 +471,8 @@ class GuardedSite(web.BaseSite):
         assert manager is not None, "call runner.setup() first"
         kwargs = {**self._handler_kwargs, "debug": loop.get_debug()}
         guard = self._guard
+        if not isinstance(manager.request_handler, _ExpectGuard):
+            manager.request_handler = _ExpectGuard(manager.request_handler)
 
         def factory() -> GuardedRequestHandler:
             return GuardedRequestHandler(manager, loop=loop, guard=guard, **kwargs)

@@ -18,6 +18,7 @@ class Code(StrEnum):
     HEADERS_TOO_LARGE = "headers_too_large"
     REQUEST_TIMEOUT = "request_timeout"
     UPGRADE_REQUIRED = "upgrade_required"
+    EXPECTATION_FAILED = "expectation_failed"
     INVALID_JSON = "invalid_json"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"

@@ -49,6 +49,7 @@ STATUS: dict[Code, int] = {
     Code.METHOD_NOT_ALLOWED: 405,
     Code.REQUEST_TIMEOUT: 408,
     Code.ACTION_CONFLICT: 409,
+    Code.EXPECTATION_FAILED: 417,
     Code.PAYLOAD_TOO_LARGE: 413,
     Code.UNSUPPORTED_MEDIA_TYPE: 415,
     Code.VALIDATION_FAILED: 422,
@@ -279,8 +280,11 @@ class Routes:
                 Code.UNSUPPORTED_MEDIA_TYPE, "Send the body as Content-Type: application/json."
             )
         try:
-            async with asyncio.timeout(self._request_timeout):
+            if request.content.is_eof():  # the usual case: the body came with the head
                 raw = await request.read()
+            else:
+                async with asyncio.timeout(self._request_timeout):
+                    raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise ScoreboardError(
                 Code.PAYLOAD_TOO_LARGE, f"The body exceeds {self._max_body} bytes."

@@ -40,8 +40,8 @@ TEXT_FORMAT = "printable-text"
 Json = dict[str, Any]
 
 # Refusals any request may get: the per-address connection cap, an oversized
-# header, a bug.
-COMMON = (Code.RATE_LIMITED, Code.HEADERS_TOO_LARGE, Code.INTERNAL_ERROR)
+# header, an `Expect` other than 100-continue, a bug.
+COMMON = (Code.RATE_LIMITED, Code.HEADERS_TOO_LARGE, Code.EXPECTATION_FAILED, Code.INTERNAL_ERROR)
 AUTH = (Code.UNAUTHORIZED, Code.INVALID_TOKEN, Code.TOKEN_EXPIRED)
 BODY = (
     Code.BAD_REQUEST,

@@ -130,6 +130,11 @@ class SseEndpoint:
                 if loop.time() - last_beat >= self._heartbeat:
                     sub.write_raw(b": heartbeat\n\n", encode=True)
                     last_beat = loop.time()
+        except Exception:
+            # The stream has started: an HTTP error answer would corrupt it.
+            log.exception("sse_stream_failed", extra={"fields": {"conn_id": sub.conn_id}})
+            transport.abort()
+            return response
         finally:
             broadcaster.unsubscribe(sub)
             self._streams.discard(sub)

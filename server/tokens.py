@@ -275,12 +275,19 @@ def _refuse(message: str, code: Code = Code.INVALID_TOKEN) -> ScoreboardError:
     return ScoreboardError(code, message)
 
 
+MAX_TIME_CLAIM = 2**53  # seconds; beyond it a float loses whole seconds (and int -> float overflows)
+
+
 def _number(claims: dict[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _refuse(f"The '{name}' claim must be a number.")
+    # NaN would compare false with every time (a token that never expires),
+    # and a huge integer overflows float().
+    if not -MAX_TIME_CLAIM <= value <= MAX_TIME_CLAIM:
+        raise _refuse(f"The '{name}' claim must be a finite number of seconds up to 2^53.")
     return float(value)
 
 
@@ -396,6 +403,8 @@ class TokenVerifier:
     def _verify_uncached(self, token: str, now: float, keys: KeySet) -> tuple[Identity, VerificationKey]:
         if len(token) > self._max_bytes:
             raise _refuse(f"The token is longer than {self._max_bytes} bytes.")
+        if not token.isascii():  # a JWT is base64url and dots; a header may carry any byte
+            raise _refuse("The token is malformed.")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:

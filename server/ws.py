@@ -457,6 +457,11 @@ class WsEndpoint:
                     conn.on_binary()
                 else:
                     break
+        except Exception:
+            # The upgrade is done: an HTTP error answer would corrupt the
+            # stream. Log the bug and close this socket alone.
+            log.exception("ws_connection_failed", extra={"fields": {"conn_id": conn.conn_id}})
+            conn.abort(WSCloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self._broadcaster().unsubscribe(conn)
             self._connections.discard(conn)

@@ -521,3 +521,92 @@ def test_service_role_claim_is_still_checked() -> None:
     # A sanity check that `signed` makes what the tests above think it makes.
     claims = jwt.decode(signed({"sub": "s", "role": Role.SERVICE.value}), JWT_SECRET, algorithms=["HS256"])
     assert claims["role"] == "service"
+
+
+async def test_startup_log_names_the_database_and_the_url(tmp_path: Path) -> None:
+    import os
+    import signal
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOARD_")}
+    env.update(SCOREBOARD_DATA_DIR=str(tmp_path / "data"), SCOREBOARD_PORT="0")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "scoreboard", "serve", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    assert proc.stderr is not None
+    try:
+        lines: dict[str, dict[str, Any]] = {}
+        while "listening" not in lines:
+            raw = await asyncio.wait_for(proc.stderr.readline(), 15)
+            assert raw, "the server exited before listening"
+            doc = json.loads(raw)
+            lines[doc["event"]] = doc
+        listening = lines["listening"]
+        assert listening["url"] == f"http://127.0.0.1:{listening['port']}/"
+        assert listening["database"] == f"sqlite:///{(tmp_path / 'data' / 'scoreboard.db').resolve()}"
+        assert lines["storage_ready"]["database"] == listening["database"]
+        async with aiohttp.ClientSession() as session, session.get(listening["url"] + "healthz") as resp:
+            assert resp.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 15)
+
+
+# -- found by the property-based tests (tests/test_fuzz_inputs.py) ------------------------
+
+
+@pytest.mark.parametrize("exp", [float("nan"), float("inf"), 10**400, 2**64, -(2**60)])
+async def test_time_claims_out_of_range_are_refused(server: ServerHandle, exp: float) -> None:
+    # NaN compared false with every time: a signed token with exp NaN never expired;
+    # a huge integer made float() overflow (a 500).
+    claims = {"sub": "timeless", "exp": exp}
+    bad = jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+    status, body = await server.post("/api/actions", {"type": "default"}, bad)
+    assert (status, body["error"]["code"]) in ((401, "invalid_token"), (401, "token_expired")), body
+    async with server.session.ws_connect(server.ws_url) as ws:
+        await ws.send_json({"type": "auth", "id": 1, "token": bad})
+        reply = await ws.receive_json(timeout=5)
+        assert reply["type"] == "error" and reply["error"]["code"] in ("invalid_token", "token_expired")
+        await ws.send_json({"type": "ping"})
+        assert (await ws.receive_json(timeout=5)) == {"type": "pong"}
+
+
+async def raw_exchange(server: ServerHandle, request: bytes) -> bytes:
+    host, port = server.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    raw = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    return raw
+
+
+async def test_header_bytes_that_are_not_utf8_are_refused_cleanly(
+    server: ServerHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = json.dumps(service_update("raw", 1)).encode()
+    head = (
+        b"POST /scores/update HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+    )
+    raw = await raw_exchange(
+        server, head + b"Authorization: Bearer \xff\xfe\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+    )
+    assert raw.startswith(b"HTTP/1.1 401"), raw[:200]
+    assert b'"invalid_token"' in raw
+    auth = f"Authorization: Bearer {server.service_token}\r\n".encode()
+    for expect in (b"something", b"\xff\xfe"):
+        raw = await raw_exchange(
+            server, head + auth + b"Expect: %b\r\nContent-Length: %d\r\n\r\n%b" % (expect, len(body), body)
+        )
+        assert raw.startswith(b"HTTP/1.1 417"), raw[:200]
+        assert b'"expectation_failed"' in raw and b"X-Request-ID" in raw
+    # A GET whose (unread) body does not match its Content-Encoding.
+    raw = await raw_exchange(
+        server,
+        b"GET /scores HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Encoding: gzip\r\n"
+        b"Content-Length: 2\r\n\r\n{}",
+    )
+    assert raw.startswith(b"HTTP/1.1 200"), raw[:200]
+    await asyncio.sleep(0.1)
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], [
+        (r.name, r.getMessage()) for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")
+    ]
