@@ -39,7 +39,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from yarl import URL
 
 from .errors import Code, ScoreboardError
-from .http import STATUS, error_response
+from .http import STATUS, error_response, given_request_id, log_request
 
 log = logging.getLogger("scoreboard.connections")
 http_log = logging.getLogger("scoreboard.http")
@@ -339,7 +339,7 @@ class GuardedRequestHandler(web.RequestHandler):
         if err.code is Code.INTERNAL_ERROR:
             response.set_status(status)
         # The error middleware never saw this request: give it an id here.
-        response.headers["X-Request-ID"] = secrets.token_hex(6)
+        response.headers["X-Request-ID"] = given_request_id(request) or secrets.token_hex(6)
         response.force_close()
         return response
 
@@ -373,8 +373,9 @@ async def connection_middleware(request: web.Request, handler: Handler) -> web.S
                 retry_after=protocol.retry_after_s,
             )
         )
-        response.headers["X-Request-ID"] = secrets.token_hex(6)
+        response.headers["X-Request-ID"] = given_request_id(request) or secrets.token_hex(6)
         response.force_close()
+        log_request(request, response.status, 0.0)
         return response
     protocol.request_started()
     try:
@@ -402,8 +403,9 @@ class _ExpectGuard:
         response = error_response(
             ScoreboardError(Code.EXPECTATION_FAILED, "Only 'Expect: 100-continue' is supported.")
         )
-        response.headers["X-Request-ID"] = secrets.token_hex(6)
+        response.headers["X-Request-ID"] = given_request_id(request) or secrets.token_hex(6)
         response.force_close()
+        log_request(request, response.status, 0.0)
         return response
 
 

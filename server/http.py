@@ -78,6 +78,7 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 USER_PATH = "/api/users/{user_id:[^/]+}"
+BODY_CODINGS = frozenset({"identity", "gzip", "deflate"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -151,13 +152,37 @@ async def request_id_header(request: web.Request, response: web.StreamResponse) 
         response.headers["X-Request-ID"] = rid
 
 
+def given_request_id(request: web.BaseRequest) -> str | None:
+    """The client's X-Request-ID if it is a sane one (1-64 of A-Z a-z 0-9 . _ : -)."""
+    given = request.headers.get("X-Request-ID", "")
+    return given if _REQUEST_ID.match(given) else None
+
+
+def log_request(request: web.BaseRequest, status: int, seconds: float) -> None:
+    """The one line per request: info for refusals (status >= 400), debug otherwise."""
+    level = logging.INFO if status >= 400 else logging.DEBUG
+    if log.isEnabledFor(level):
+        log.log(
+            level,
+            "request",
+            extra={
+                "fields": {
+                    "method": request.method,
+                    "path": request.path,
+                    "status": status,
+                    "ms": round(seconds * 1000, 2),
+                    "peer": request.remote,
+                }
+            },
+        )
+
+
 def error_middleware(new_id: Callable[[], str]) -> Middleware:
     """The middleware: request ids, JSON errors for everything, one log line per request."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        given = request.headers.get("X-Request-ID", "")
-        return await _handle(request, handler, given if _REQUEST_ID.match(given) else new_id())
+        return await _handle(request, handler, given_request_id(request) or new_id())
 
     return middleware
 
@@ -196,21 +221,7 @@ async def _handle(request: web.Request, handler: Handler, rid: str) -> web.Strea
         metrics = request.app.get(METRICS)
         if metrics is not None:
             metrics.request_done(request, status, code, elapsed)
-        level = logging.INFO if status >= 400 else logging.DEBUG
-        if log.isEnabledFor(level):
-            log.log(
-                level,
-                "request",
-                extra={
-                    "fields": {
-                        "method": request.method,
-                        "path": request.path,
-                        "status": status,
-                        "ms": round(elapsed * 1000, 2),
-                        "peer": request.remote,
-                    }
-                },
-            )
+        log_request(request, status, elapsed)
         return response
     finally:
         request_id.reset(token)
@@ -278,6 +289,11 @@ class Routes:
         if request.content_type != "application/json":
             raise ScoreboardError(
                 Code.UNSUPPORTED_MEDIA_TYPE, "Send the body as Content-Type: application/json."
+            )
+        # aiohttp passes a coding it does not know through as it is.
+        if request.headers.get("Content-Encoding", "identity").strip().lower() not in BODY_CODINGS:
+            raise ScoreboardError(
+                Code.UNSUPPORTED_MEDIA_TYPE, "Send the body plain, or with Content-Encoding gzip or deflate."
             )
         try:
             if request.content.is_eof():  # the usual case: the body came with the head
