@@ -74,8 +74,10 @@ def assert_about(elapsed: float, expected: float) -> None:
     assert 0.8 * expected <= elapsed <= expected + SLACK_S, (elapsed, expected)
 
 
-async def test_silent_connection_is_closed_after_request_timeout(start: StartServer, sqlite_url: str) -> None:
-    server = await start(sqlite_url, request_timeout_s=0.5, keepalive_timeout_s=1.0)
+async def test_silent_connection_is_closed_after_request_timeout(
+    start: StartServer, database_url: str
+) -> None:
+    server = await start(database_url, request_timeout_s=0.5, keepalive_timeout_s=1.0)
     stream = await connect(server)
     assert await eventually(lambda: len(guard(server)) == 1)
     assert_about(await seconds_until_closed(stream[0], 5), 0.5)
@@ -84,9 +86,9 @@ async def test_silent_connection_is_closed_after_request_timeout(start: StartSer
 
 
 async def test_slow_first_head_is_cut_from_the_connection_opening(
-    start: StartServer, sqlite_url: str
+    start: StartServer, database_url: str
 ) -> None:
-    server = await start(sqlite_url, request_timeout_s=0.5, keepalive_timeout_s=5.0)
+    server = await start(database_url, request_timeout_s=0.5, keepalive_timeout_s=5.0)
     reader, writer = await connect(server)
     trickle = asyncio.ensure_future(_trickle(writer, b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 200))
     try:
@@ -97,9 +99,9 @@ async def test_slow_first_head_is_cut_from_the_connection_opening(
 
 
 async def test_slowloris_after_a_request_is_cut_from_its_first_byte(
-    start: StartServer, sqlite_url: str
+    start: StartServer, database_url: str
 ) -> None:
-    server = await start(sqlite_url, request_timeout_s=0.5, keepalive_timeout_s=5.0)
+    server = await start(database_url, request_timeout_s=0.5, keepalive_timeout_s=5.0)
     stream = await connect(server)
     status, _, _ = await exchange(stream, HEALTHZ)
     assert status == 200
@@ -126,9 +128,9 @@ async def _trickle(writer: asyncio.StreamWriter, data: bytes, every_s: float = 0
 
 
 async def test_idle_keepalive_connection_is_closed_after_keepalive_timeout(
-    start: StartServer, sqlite_url: str
+    start: StartServer, database_url: str
 ) -> None:
-    server = await start(sqlite_url, request_timeout_s=0.5, keepalive_timeout_s=1.0)
+    server = await start(database_url, request_timeout_s=0.5, keepalive_timeout_s=1.0)
     stream = await connect(server)
     status, headers, body = await exchange(stream, HEALTHZ)
     assert (status, orjson.loads(body)) == (200, {"status": "ok"})
@@ -137,8 +139,8 @@ async def test_idle_keepalive_connection_is_closed_after_keepalive_timeout(
     close(stream)
 
 
-async def test_busy_keepalive_connection_stays_open(start: StartServer, sqlite_url: str) -> None:
-    server = await start(sqlite_url, request_timeout_s=0.5, keepalive_timeout_s=1.0)
+async def test_busy_keepalive_connection_stays_open(start: StartServer, database_url: str) -> None:
+    server = await start(database_url, request_timeout_s=0.5, keepalive_timeout_s=1.0)
     stream = await connect(server)
     for _ in range(10):  # 3 s on one connection, longer than either timeout
         status, _, _ = await exchange(stream, HEALTHZ)
@@ -148,8 +150,8 @@ async def test_busy_keepalive_connection_stays_open(start: StartServer, sqlite_u
     close(stream)
 
 
-async def test_websocket_and_sse_outlive_both_timeouts(start: StartServer, sqlite_url: str) -> None:
-    server = await start(sqlite_url, request_timeout_s=0.5, keepalive_timeout_s=1.0, sse_heartbeat_s=0.2)
+async def test_websocket_and_sse_outlive_both_timeouts(start: StartServer, database_url: str) -> None:
+    server = await start(database_url, request_timeout_s=0.5, keepalive_timeout_s=1.0, sse_heartbeat_s=0.2)
     loop = asyncio.get_running_loop()
     ws = await server.session.ws_connect(server.ws_url)
     async with server.session.get(server.url + "/scores/stream") as sse:
@@ -172,10 +174,12 @@ async def test_websocket_and_sse_outlive_both_timeouts(start: StartServer, sqlit
 
 
 async def test_connections_over_the_cap_get_429_json(
-    start: StartServer, sqlite_url: str, caplog: pytest.LogCaptureFixture
+    start: StartServer, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "scoreboard.connections")
-    server = await start(sqlite_url, request_timeout_s=5.0, keepalive_timeout_s=5.0, max_connections_per_ip=3)
+    server = await start(
+        database_url, request_timeout_s=5.0, keepalive_timeout_s=5.0, max_connections_per_ip=3
+    )
     silent = await connect(server)
     keepalive = await connect(server)
     assert (await exchange(keepalive, HEALTHZ))[0] == 200
@@ -222,8 +226,10 @@ async def test_connections_over_the_cap_get_429_json(
     assert await eventually(lambda: len(guard(server)) == 0)
 
 
-async def test_slots_are_released_however_connections_end(start: StartServer, sqlite_url: str) -> None:
-    server = await start(sqlite_url, request_timeout_s=0.5, keepalive_timeout_s=1.0, max_connections_per_ip=5)
+async def test_slots_are_released_however_connections_end(start: StartServer, database_url: str) -> None:
+    server = await start(
+        database_url, request_timeout_s=0.5, keepalive_timeout_s=1.0, max_connections_per_ip=5
+    )
     timed_out = await connect(server)
     closed_by_client = await connect(server)
     assert (await exchange(closed_by_client, HEALTHZ))[0] == 200
@@ -248,10 +254,10 @@ async def test_slots_are_released_however_connections_end(start: StartServer, sq
 
 
 async def test_overlong_header_gets_431_and_the_token_stays_out_of_logs(
-    start: StartServer, sqlite_url: str, caplog: pytest.LogCaptureFixture
+    start: StartServer, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    server = await start(sqlite_url)
+    server = await start(database_url)
     secret = "eyJsecretTokenText" + "x" * 100_000
     stream = await connect(server)
     status, headers, body = await exchange(
@@ -293,10 +299,10 @@ async def test_overlong_header_gets_431_and_the_token_stays_out_of_logs(
     ids=["bad method", "TE and CL", "bad chunk size", "space in header name"],
 )
 async def test_unparsable_requests_get_400_json(
-    start: StartServer, sqlite_url: str, caplog: pytest.LogCaptureFixture, raw: bytes
+    start: StartServer, database_url: str, caplog: pytest.LogCaptureFixture, raw: bytes
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    server = await start(sqlite_url)
+    server = await start(database_url)
     stream = await connect(server)
     status, headers, body = await exchange(stream, raw)
     assert status == 400
@@ -312,10 +318,10 @@ async def test_unparsable_requests_get_400_json(
 
 
 async def test_hundreds_of_idle_connections_close_while_others_are_served(
-    start: StartServer, sqlite_url: str
+    start: StartServer, database_url: str
 ) -> None:
     # Default limits (256 per address), but a 2 s head deadline to keep the test short.
-    server = await start(sqlite_url, request_timeout_s=2.0)
+    server = await start(database_url, request_timeout_s=2.0)
     loop = asyncio.get_running_loop()
 
     async def opened_at() -> tuple[float, Stream]:
