@@ -202,17 +202,18 @@ class Writer:
             result = await asyncio.wait_for(asyncio.shield(attempt), self._timeout)
         except asyncio.CancelledError:
             _abandon(attempt)
-            self._fail(
-                batch,
-                self._stopped(),
-            )
+            self._fail(batch, self._stopped())
             raise
         except DataRefused as exc:
             if len(batch) > 1:
                 half = len(batch) // 2
-                if not await self._flush(batch[:half]):
-                    self._fail(batch[half:], self._unavailable())
-                    return False
+                try:
+                    if not await self._flush(batch[:half]):
+                        self._fail(batch[half:], self._unavailable())
+                        return False
+                except asyncio.CancelledError:
+                    self._fail(batch[half:], self._stopped())
+                    raise
                 return await self._flush(batch[half:])
             self.refused += 1
             log.warning(
@@ -294,10 +295,7 @@ class Writer:
                     await task
         remaining = list(self._queue)
         self._queue.clear()
-        self._fail(
-            remaining,
-            self._stopped(),
-        )
+        self._fail(remaining, self._stopped())
 
 
 def _refusal(exc: DataRefused) -> ScoreboardError:

@@ -364,6 +364,14 @@ class WsConnection:
         self._pending += 1
         self._reply(_PendingAck(ref, credit))
 
+    def forget_auth(self) -> None:
+        """Drop an `auth` still being verified when the socket ends (its outcome is moot)."""
+        if self._verifying is not None:
+            task = self._verifying[0]
+            task.cancel()
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._verifying = None
+
     async def drain(self, timeout_s: float) -> None:
         """Stop taking messages and wait until every queued reply was written."""
         self._closing = True
@@ -463,6 +471,7 @@ class WsEndpoint:
             log.exception("ws_connection_failed", extra={"fields": {"conn_id": conn.conn_id}})
             conn.abort(WSCloseCode.INTERNAL_ERROR, "internal error")
         finally:
+            conn.forget_auth()
             self._broadcaster().unsubscribe(conn)
             self._connections.discard(conn)
             replies.cancel()
