@@ -1,5 +1,6 @@
-"""Shared pieces of the load tests: the server as a pinned subprocess, scratch
-databases, CPU accounting, and the statistics and tables the scripts print.
+"""Shared pieces of the load tests: the server as a pinned subprocess, generated
+board catalogs, scratch databases and what they hold after a run, CPU
+accounting, and the statistics and tables the scripts print.
 
 Not run by itself. Everything here talks to 127.0.0.1 only.
 """
@@ -40,6 +41,9 @@ PG_URL_ENV = "SCOREBOARD_BENCH_DATABASE_URL"
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 SERVER_CPU = 0
 CLIENT_CPU = 1
+# The board the server's built-in catalog has, and the default of every
+# catalog written here.
+DEFAULT_BOARD = "global"
 
 
 def default_pg_url() -> str:
@@ -302,6 +306,34 @@ class ServerProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+# -- boards ----------------------------------------------------------------------------
+
+
+def board_ids(count: int) -> list[str]:
+    """`count` board ids: `global` (the default) and `board2` ... `board<count>`."""
+    if count < 1:
+        raise ValueError("a catalog needs at least one board")
+    return [DEFAULT_BOARD, *(f"board{n}" for n in range(2, count + 1))]
+
+
+def catalog_toml(boards: Sequence[str]) -> str:
+    """A catalog of incr boards (higher first, never reset); the first is the default.
+
+    Each board keeps the server's defaults otherwise: top 10, a delta of 1 to
+    SCOREBOARD_MAX_DELTA (1000).
+    """
+    tables = [f"[boards.{board}]\n" for board in boards]
+    tables[0] += "default = true\n"
+    return "\n".join(tables)
+
+
+def write_catalog(workdir: Path, boards: Sequence[str]) -> Path:
+    """`catalog_toml(boards)` as a file in `workdir` (for `--catalog-file`); returns its path."""
+    path = workdir / f"catalog-{len(boards)}-{uuid.uuid4().hex[:6]}.toml"
+    path.write_text(catalog_toml(boards), encoding="utf-8")
+    return path
+
+
 # -- scratch databases -----------------------------------------------------------
 
 
@@ -369,38 +401,85 @@ async def fresh_database(kind: str, *, workdir: Path, pg_admin_url: str) -> Asyn
 
 
 @dataclass(frozen=True, slots=True)
+class BoardTotals:
+    """What one board holds after a run (all its seasons: the runs never reset one)."""
+
+    credits: int  # ledger rows crediting this board
+    value_sum: int  # the sum of their values (deltas)
+    score_sum: int  # the sum of the board's entries' scores
+    entries: int
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerTotals:
     """What a store holds after a run."""
 
-    ledger_rows: int
-    delta_sum: int
-    score_sum: int
-    users: int
-    # Every row of one batch carries the batch's commit time, so this counts transactions.
+    actions: int  # distinct actions credited (one per acknowledged update)
+    # Every action of one batch carries the batch's commit time, so this counts transactions.
     transactions: int
+    boards: Mapping[str, BoardTotals]
+
+    @property
+    def credits(self) -> int:
+        """Ledger rows over all boards (an action writing 3 boards is 3 credits)."""
+        return sum(b.credits for b in self.boards.values())
 
 
-_TOTALS = (
-    "SELECT (SELECT count(*) FROM scores_log), (SELECT coalesce(sum(delta), 0) FROM scores_log), "
-    "(SELECT coalesce(sum(score), 0) FROM users), (SELECT count(*) FROM users), "
-    "(SELECT count(DISTINCT created_at) FROM scores_log)"
+# The schema since boards: `actions` (one row per action) and `credits` (one per
+# action and board) are the ledger, `entries` the boards' standings.
+_NEW_TOTALS = (
+    "SELECT count(*), count(DISTINCT created_at) FROM actions",
+    "SELECT board, count(*), coalesce(sum(value), 0) FROM credits GROUP BY board",
+    "SELECT board, count(*), coalesce(sum(score), 0) FROM entries GROUP BY board",
 )
+# The schema before boards (an older checkout run with `tree=`): `scores_log`
+# and `users`, which the migration turns into the default board.
+_OLD_TOTALS = (
+    "SELECT count(*), count(DISTINCT created_at) FROM scores_log",
+    f"SELECT '{DEFAULT_BOARD}', count(*), coalesce(sum(delta), 0) FROM scores_log",
+    f"SELECT '{DEFAULT_BOARD}', count(*), coalesce(sum(score), 0) FROM users",
+)
+_HAS_SCORES_LOG = {
+    "sqlite": "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'scores_log'",
+    "postgres": "SELECT (to_regclass('scores_log') IS NOT NULL)::int",
+}
 
 
-async def ledger_totals(url: str) -> LedgerTotals:
-    """Row counts and sums of `scores_log` and `users` (read after the server stopped)."""
+async def fetch_all(url: str, queries: Sequence[str]) -> list[list[tuple[Any, ...]]]:
+    """Run read-only queries on a SQLite or PostgreSQL database; the rows of each."""
     if url.startswith("sqlite:"):
         con = sqlite3.connect(sqlite_file(url))
         try:
-            row = con.execute(_TOTALS).fetchone()
+            return [con.execute(q).fetchall() for q in queries]
         finally:
             con.close()
-        return LedgerTotals(*(int(v) for v in row[:5]))
     pg = await asyncpg.connect(url, timeout=10)
     try:
-        rec = await pg.fetchrow(_TOTALS)
+        return [[tuple(r) for r in await pg.fetch(q)] for q in queries]
     finally:
         await pg.close()
-    if rec is None:
-        raise RuntimeError("no totals")
-    return LedgerTotals(*(int(v) for v in tuple(rec)[:5]))
+
+
+async def ledger_totals(url: str) -> LedgerTotals:
+    """Actions, transactions and per-board credits and scores (read after the server stopped).
+
+    Reads either schema: the boards one (`actions`, `credits`, `entries`) or,
+    for a server from a checkout made before boards, `scores_log` and `users`
+    as the one board `DEFAULT_BOARD`.
+    """
+    dialect = "sqlite" if url.startswith("sqlite:") else "postgres"
+    ((found,),) = (await fetch_all(url, [_HAS_SCORES_LOG[dialect]]))[0]
+    head, credits, entries = await fetch_all(url, _OLD_TOTALS if found else _NEW_TOTALS)
+    ((actions, transactions),) = head
+    ledger = {str(b): (int(n), int(total)) for b, n, total in credits}
+    standings = {str(b): (int(n), int(total)) for b, n, total in entries}
+    boards = {
+        board: BoardTotals(
+            credits=ledger.get(board, (0, 0))[0],
+            value_sum=ledger.get(board, (0, 0))[1],
+            score_sum=standings.get(board, (0, 0))[1],
+            entries=standings.get(board, (0, 0))[0],
+        )
+        for board in sorted(ledger.keys() | standings.keys())
+    }
+    return LedgerTotals(int(actions), int(transactions), boards)

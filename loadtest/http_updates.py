@@ -11,12 +11,22 @@ Variants are compared side by side and alternated (A B C A B C ...), a fresh
 server and database per run; the summary quotes medians over the rounds. A
 variant is `default` or `+`-joined parts: `batch-N` (--flush-max-batch N),
 `interval-X` (--flush-interval-ms X), `normal` (--sqlite-synchronous NORMAL),
-`quiet` (--log-level warning), `pool-N` (--pg-pool-max N), `tree=DIR` (run
-the `server` package of another checkout, e.g. a patched copy, against this one).
+`quiet` (--log-level warning), `pool-N` (--pg-pool-max N), `boards-N` (a
+catalog of N incr boards, `global` the default plus `board2` ... `boardN`,
+and every update writes all N in one action: `"scores": {"global": d,
+"board2": d, ...}` with the same delta d on each; `boards-1` uses the same
+form with `global` only), `tree=DIR` (run the `server` package of another
+checkout, e.g. a patched copy, against this one). Without `boards-N` an
+update is the plain `{"userId", "scoreDelta", "actionId"}` on the default
+board, which an older checkout (before boards) also takes.
 
 Every run is checked after the server stopped: the number of 200s must equal
-the rows in `scores_log`, and the sum of their deltas must equal both the
-ledger's sum and the sum of users' scores (no lost or extra credits).
+the actions in the ledger; on every board written, the credits must equal
+the 200s, their values must sum to the deltas acknowledged with 200, and the
+board's scores must sum to the same (no lost or extra credits); no other
+board may hold anything; and the writer's `committed` count (one per
+credited action, whatever the boards it wrote) must equal the actions. A checkout made before
+boards is read from its `scores_log` and `users` as the one board `global`.
 
 Run (from the repository root, in the venv):
 
@@ -24,11 +34,12 @@ Run (from the repository root, in the venv):
     python -m loadtest.http_updates --stores sqlite --duration 5 --rounds 3 \\
         --variants default,batch-1,interval-2,interval-5
     python -m loadtest.http_updates --rate 1000 ...       # open loop: fixed arrival rate
+    python -m loadtest.http_updates --variants boards-1,boards-3   # one action on 1 vs 3 boards
     python -m loadtest.http_updates --profile /tmp/prof   # py-spy record of the server per run
 
 Prints one line per run, then per store a table of medians: updates/s (and
 its min-max over rounds), the ratio to the first variant, latency p50/p99 in
-ms, mean updates per transaction (ledger rows / distinct commit stamps),
+ms, mean updates per transaction (actions / distinct commit stamps),
 CPU of the server process (% of one core, and CPU microseconds per
 acknowledged update: the steadier figure on a noisy machine), CPU of this
 generator (near 100% means the client, not the server, is the limit), and the
@@ -62,8 +73,10 @@ from loadtest.common import (
     CLIENT_CPU,
     JWT_SECRET,
     SERVER_CPU,
+    BoardTotals,
     LedgerTotals,
     ServerProcess,
+    board_ids,
     core_busy,
     core_ticks,
     default_pg_url,
@@ -74,11 +87,14 @@ from loadtest.common import (
     median,
     percentile,
     pin_to_cpu,
+    write_catalog,
 )
-from scoreboard.tokens import Role, mint_token
+from scoreboard.identity import Role
+from scoreboard.tokens import mint_token
 
 DEFAULT_VARIANTS = "default,batch-1,interval-0,interval-5"
-_PART = re.compile(r"^(batch|interval|pool)-(\d+(?:\.\d+)?)$")
+_PART = re.compile(r"^(batch|interval|pool|boards)-(\d+(?:\.\d+)?)$")
+MAX_BOARDS = 64  # boards one update may write (the server's limit)
 
 
 # -- variants ------------------------------------------------------------------------
@@ -86,15 +102,24 @@ _PART = re.compile(r"^(batch|interval|pool)-(\d+(?:\.\d+)?)$")
 
 @dataclass(frozen=True, slots=True)
 class Variant:
-    """A named set of `scoreboard serve` flags."""
+    """A named set of `scoreboard serve` flags, and the boards each update writes."""
 
     name: str
     flags: dict[str, str]
     tree: Path | None = None
+    # None: the plain `scoreDelta` form on the built-in catalog's one board;
+    # N: a generated catalog of N boards, all written by every update.
+    boards: int | None = None
+
+    def board_ids(self) -> list[str]:
+        """The boards every update writes (the default board alone without `boards-N`)."""
+        return board_ids(self.boards or 1)
 
     def describe(self) -> str:
         """The flags as they would be typed (and the checkout, if not this one)."""
         text = " ".join(f"--{k} {v}" for k, v in self.flags.items()) or "(server defaults)"
+        if self.boards is not None:
+            text += f" --catalog-file <{self.boards} boards>, each update writes all {self.boards}"
         return text + (f" [server from {self.tree}]" if self.tree else "")
 
 
@@ -102,6 +127,7 @@ def parse_variant(spec: str) -> Variant:
     """`default`, or parts like `batch-1+interval-2` (see the module docstring)."""
     flags: dict[str, str] = {}
     tree: Path | None = None
+    boards: int | None = None
     for part in spec.split("+"):
         if part == "default":
             continue
@@ -122,9 +148,13 @@ def parse_variant(spec: str) -> Variant:
             flags["flush-max-batch"] = str(int(float(value)))
         elif kind == "pool":
             flags["pg-pool-max"] = str(int(float(value)))
+        elif kind == "boards":
+            boards = int(float(value))
+            if not 1 <= boards <= MAX_BOARDS:
+                raise argparse.ArgumentTypeError(f"{part}: an update writes 1 to {MAX_BOARDS} boards")
         else:
             flags["flush-interval-ms"] = value
-    return Variant(spec, flags, tree)
+    return Variant(spec, flags, tree, boards)
 
 
 # -- the load ------------------------------------------------------------------------
@@ -189,10 +219,21 @@ def service_headers(count: int) -> list[dict[str, str]]:
 class Driver:
     """Sends updates to one server for one run and accounts for every answer."""
 
-    def __init__(self, base_url: str, shape: LoadShape, tag: str, server_cpu: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        shape: LoadShape,
+        tag: str,
+        server_cpu: Callable[[], float],
+        *,
+        boards: Sequence[str] | None = None,
+    ) -> None:
         self.url = base_url + "/scores/update"
         self.shape = shape
         self.tag = tag.encode()
+        # `"global":%d,"board2":%d,...`: every board gets the update's delta.
+        self.scores = b",".join(b'"%s":%%d' % b.encode() for b in boards) if boards else None
+        self.board_count = len(boards) if boards else 0
         self.server_cpu = server_cpu
         self.headers = service_headers(4)
         self.load = Load()
@@ -200,11 +241,14 @@ class Driver:
         self.t_end = 0.0
 
     def body(self, rnd: random.Random, worker: int, seq: int) -> tuple[bytes, int]:
-        """A service update body with a unique action id, and its delta."""
+        """A service update body with a unique action id, and its delta (on each board written)."""
         delta = rnd.randint(1, self.shape.max_delta)
         user = rnd.randrange(self.shape.users)
-        raw = b'{"userId":"u%d","scoreDelta":%d,"actionId":"%s-%d-%d"}' % (user, delta, self.tag, worker, seq)
-        return raw, delta
+        action = b"%s-%d-%d" % (self.tag, worker, seq)
+        if self.scores is None:
+            return b'{"userId":"u%d","scoreDelta":%d,"actionId":"%s"}' % (user, delta, action), delta
+        scores = self.scores % ((delta,) * self.board_count)
+        return b'{"userId":"u%d","scores":{%s},"actionId":"%s"}' % (user, scores, action), delta
 
     async def _one(
         self, session: aiohttp.ClientSession, body: bytes, delta: int, started: float, wid: int
@@ -300,7 +344,9 @@ class RunResult:
     ok: int
     statuses: dict[int, int]
     errors: dict[str, int]
-    ledger_rows: int
+    ledger_rows: int  # actions in the ledger
+    boards: int  # boards each update wrote
+    credits: int  # ledger rows over all boards
     check: bool
     check_detail: str
     batches: int
@@ -313,21 +359,33 @@ class RunResult:
     warnings: list[str]
 
 
-def verify(load: Load, totals: LedgerTotals, committed: int | None) -> tuple[bool, str]:
-    """Did the store credit exactly what the client was told (200) was credited?"""
+def verify(
+    load: Load, totals: LedgerTotals, committed: int | None, boards: Sequence[str]
+) -> tuple[bool, str]:
+    """Did the store credit exactly what the client was told (200) was credited, on every board?"""
     ok = load.statuses.get(200, 0)
     problems = []
-    if totals.ledger_rows != ok:
-        problems.append(f"200s={ok} but scores_log has {totals.ledger_rows} rows")
-    if totals.delta_sum != load.ok_delta_sum:
-        problems.append(f"200s credited {load.ok_delta_sum} but the ledger sums to {totals.delta_sum}")
-    if totals.score_sum != totals.delta_sum:
-        problems.append(f"users.score sums to {totals.score_sum}, the ledger to {totals.delta_sum}")
-    if committed is not None and committed != totals.ledger_rows:
-        problems.append(f"writer committed {committed}, ledger has {totals.ledger_rows}")
+    if totals.actions != ok:
+        problems.append(f"200s={ok} but the ledger has {totals.actions} actions")
+    for board in boards:
+        t = totals.boards.get(board, BoardTotals(0, 0, 0, 0))
+        if t.credits != ok:
+            problems.append(f"{board}: 200s={ok} but {t.credits} credits")
+        if t.value_sum != load.ok_delta_sum:
+            problems.append(
+                f"{board}: 200s credited {load.ok_delta_sum} but the ledger sums to {t.value_sum}"
+            )
+        if t.score_sum != t.value_sum:
+            problems.append(f"{board}: scores sum to {t.score_sum}, its credits to {t.value_sum}")
+    stray = sorted(b for b, t in totals.boards.items() if b not in boards and (t.credits or t.entries))
+    if stray:
+        problems.append(f"boards never written hold credits or entries: {', '.join(stray)}")
+    if committed is not None and committed != totals.actions:
+        problems.append(f"writer committed {committed}, the ledger has {totals.actions} actions")
     if load.errors:
         problems.append(f"client errors {dict(load.errors)} (outcome unknown)")
-    return not problems, "; ".join(problems) or f"{ok} x 200 == {totals.ledger_rows} rows"
+    on = f" on each of {len(boards)} boards" if len(boards) > 1 else ""
+    return not problems, "; ".join(problems) or f"{ok} x 200 == {totals.actions} actions{on}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,11 +423,15 @@ def _profile(
 
 async def run_once(m: Matrix, store: str, variant: Variant, round_no: int) -> RunResult:
     """A fresh database and server, one load, the check."""
+    boards = variant.board_ids()
+    flags = dict(variant.flags)
+    if variant.boards is not None:
+        flags["catalog-file"] = str(write_catalog(m.workdir, boards))
     async with fresh_database(store, workdir=m.workdir, pg_admin_url=m.pg_admin_url) as url:
         server = ServerProcess(
             database_url=url,
             workdir=m.workdir,
-            flags=variant.flags,
+            flags=flags,
             cpu=m.server_cpu,
             log_level=m.log_level,
             tree=variant.tree or m.tree,
@@ -379,7 +441,13 @@ async def run_once(m: Matrix, store: str, variant: Variant, round_no: int) -> Ru
         try:
             ready_s = await server.wait_ready()
             tag = f"r{round_no}v{m.variants.index(variant)}{store}"
-            driver = Driver(server.url, m.shape, tag, server.cpu_seconds)
+            driver = Driver(
+                server.url,
+                m.shape,
+                tag,
+                server.cpu_seconds,
+                boards=boards if variant.boards is not None else None,
+            )
             if m.profile_dir is not None:
                 m.profile_dir.mkdir(parents=True, exist_ok=True)
                 safe = re.sub(r"[^A-Za-z0-9_.=+-]", "_", variant.name)
@@ -396,7 +464,7 @@ async def run_once(m: Matrix, store: str, variant: Variant, round_no: int) -> Ru
         committed = int(closed["committed"]) if closed else None
         totals = await ledger_totals(url)
         batches = totals.transactions
-    check, detail = verify(load, totals, committed)
+    check, detail = verify(load, totals, committed, boards)
     window = load.window_s
     return RunResult(
         store=store,
@@ -409,11 +477,13 @@ async def run_once(m: Matrix, store: str, variant: Variant, round_no: int) -> Ru
         ok=load.statuses.get(200, 0),
         statuses=dict(load.statuses),
         errors=dict(load.errors),
-        ledger_rows=totals.ledger_rows,
+        ledger_rows=totals.actions,
+        boards=len(boards),
+        credits=totals.credits,
         check=check,
         check_detail=detail,
         batches=batches,
-        mean_batch=totals.ledger_rows / batches if batches else math.nan,
+        mean_batch=totals.actions / batches if batches else math.nan,
         server_cpu_pct=100 * load.server_cpu_s / window if window > 0 else math.nan,
         server_cpu_us_per_update=1e6 * load.server_cpu_s / load.window_ok if load.window_ok else math.nan,
         client_cpu_pct=100 * load.client_cpu_s / window if window > 0 else math.nan,

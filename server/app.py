@@ -1,9 +1,11 @@
 """Wiring: `create_app(settings)` builds the application, and `serve` runs it.
 
 This is the only place where components meet. Lifecycle (aiohttp
-`cleanup_ctx`): open and migrate the store, load the board with one indexed
-query, start the writer. Shutdown order: stop accepting, let in-flight
-requests finish, flush the last batch, close the pool.
+`cleanup_ctx`): open and migrate the store, create new boards, end every
+season whose end passed while the server was down, load each board's top K
+with one indexed query, start the writer and the season timer. Shutdown
+order: stop accepting, let in-flight requests finish, flush the last batch,
+close the pool.
 """
 
 from __future__ import annotations
@@ -11,27 +13,30 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
 from .board import Board
 from .broadcast import Broadcaster
-from .catalog import ActionType
-from .config import Secrets, Settings, load_catalog, make_data_dir, resolve_secrets
+from .catalog import Catalog
+from .config import Secrets, Settings, load_catalog, make_data_dir, resolve_secrets, schedules
 from .connections import ConnectionGuard, GuardedSite, connection_middleware
 from .cors import Cors
 from .feed import Feed
-from .http import BoardEncoder, RequestIds, Routes, error_middleware, request_id_header
+from .http import RequestIds, Routes, error_middleware, request_id_header
+from .hub import FanoutTotals, Hub, Hubs
 from .jwks import jwks_keys
 from .metrics import METRICS, Metrics, MetricsEndpoint
 from .openapi import OPENAPI_PATH, OpenApiEndpoint, describe
+from .seasons import Seasons
 from .service import ScoreService, record_commit, resync
 from .sse import SseEndpoint
-from .store import BatchResult, Update, open_store
+from .stores import open_store
 from .tokens import TokenVerifier
 from .writer import Writer
 from .ws import WsEndpoint, WsLimits
@@ -39,8 +44,7 @@ from .ws import WsEndpoint, WsLimits
 log = logging.getLogger("scoreboard.app")
 
 SERVICE = web.AppKey("service", ScoreService)
-ENCODER = web.AppKey("encoder", BoardEncoder)
-BROADCASTER = web.AppKey("broadcaster", Broadcaster)
+HUBS = web.AppKey("hubs", Hubs)
 WS = web.AppKey("ws", WsEndpoint)
 SSE = web.AppKey("sse", SseEndpoint)
 
@@ -50,7 +54,7 @@ def create_app(
     *,
     clock: Callable[[], float] = time.time,
     secrets: Secrets | None = None,
-    catalog: Mapping[str, ActionType] | None = None,
+    catalog: Catalog | None = None,
 ) -> web.Application:
     """The application for `settings`; storage opens when the app starts."""
     secrets = secrets or resolve_secrets(settings)
@@ -78,7 +82,7 @@ def create_app(
     app.cleanup_ctx.append(functools.partial(_storage, settings, clock, secrets, catalog))
     app[WS] = WsEndpoint(
         lambda: app[SERVICE],
-        lambda: app[BROADCASTER],
+        lambda: app[HUBS],
         verifier,
         allowed_origins=settings.origins,
         limits=WsLimits(
@@ -95,7 +99,7 @@ def create_app(
         on_error=functools.partial(metrics.error, transport="ws"),
     )
     app[SSE] = SseEndpoint(
-        lambda: app[BROADCASTER],
+        lambda: app[HUBS],
         heartbeat_s=settings.sse_heartbeat_s,
         retry_ms=settings.sse_retry_ms,
         sndbuf_bytes=settings.subscriber_sndbuf_bytes,
@@ -103,15 +107,15 @@ def create_app(
     app.on_shutdown.append(_close_streams)
     Routes(
         lambda: app[SERVICE],
-        lambda: app[ENCODER],
         verifier,
         max_body_bytes=settings.max_body_bytes,
         readiness_timeout_s=settings.store_timeout_s,
         request_timeout_s=settings.request_timeout_s,
     ).add_to(app)
     app.router.add_get("/ws", app[WS].handle, allow_head=False)
-    app.router.add_get("/scores/stream", app[SSE].handle, allow_head=False)
-    app.router.add_route("HEAD", "/scores/stream", app[SSE].head)
+    for path in ("/scores/stream", "/api/boards/{board:[^/]+}/stream"):
+        app.router.add_get(path, app[SSE].handle, allow_head=False)
+        app.router.add_route("HEAD", path, app[SSE].head)
     metrics.watch_streams(app[WS], app[SSE])
     if settings.metrics != "off":
         app.router.add_get("/metrics", MetricsEndpoint(metrics, verifier, access=settings.metrics).handle)
@@ -131,7 +135,7 @@ async def _storage(
     settings: Settings,
     clock: Callable[[], float],
     secrets: Secrets,
-    catalog: Mapping[str, ActionType],
+    catalog: Catalog,
     app: web.Application,
 ) -> AsyncIterator[None]:
     started = time.perf_counter()
@@ -141,37 +145,56 @@ async def _storage(
         make_data_dir(settings.data_dir)
     store = await open_store(
         settings.store_url,
+        boards=catalog.boards,
+        default_board=catalog.default,
         timeout_s=settings.store_timeout_s,
         pool_min=settings.pg_pool_min,
         pool_max=settings.pg_pool_max,
         sqlite_synchronous=settings.sqlite_synchronous,
     )
     try:
-        board = Board(settings.top_k, await store.top(settings.top_k))
-        feed = Feed(_epoch(), board.entries(), history=settings.broadcast_history)
-        broadcaster = Broadcaster(
-            feed,
-            board,
-            clock=time.monotonic,
-            tick_s=settings.broadcast_tick_ms / 1000,
-            high_water=settings.subscriber_buffer_bytes,
-            stuck_timeout_s=settings.subscriber_stuck_s,
-        )
+        epoch = _epoch()
 
-        def on_commit(updates: Sequence[Update], batch: BatchResult) -> None:
-            record_commit(board, updates, batch)
-            broadcaster.board_changed()
+        def broadcaster(feed: Feed, board: Board) -> Broadcaster:
+            return Broadcaster(
+                feed,
+                board,
+                clock=time.monotonic,
+                tick_s=settings.broadcast_tick_ms / 1000,
+                high_water=settings.subscriber_buffer_bytes,
+                hard_limit=settings.ws_max_buffer_bytes,
+                stuck_timeout_s=settings.subscriber_stuck_s,
+            )
 
-        async def on_recover() -> None:
-            await resync(board, store)
-            broadcaster.board_changed()
+        plans = schedules(catalog)
+        now = math.floor(clock())
+        hubs: dict[str, Hub] = {}
+        for spec in catalog.boards.values():
+            plan = plans[spec.id]
+            state = await store.ensure_board(spec, now, None if plan is None else plan.next_after(now))
+            hubs[spec.id] = Hub(
+                spec,
+                state,
+                (),
+                epoch=epoch,
+                broadcaster=broadcaster,
+                history=settings.broadcast_history,
+            )
+        board_hubs = Hubs(hubs, catalog.default)
+        seasons = Seasons(board_hubs, store, plans, clock=clock, max_sleep_s=settings.season_check_s)
+        # Seasons that ended while the server was down end now, in order,
+        # exactly as if it had been up; then each board loads its top K.
+        await seasons.roll_due()
+        for hub in board_hubs:
+            hub.board.replace(await store.top(hub.id, hub.season, hub.spec.top_k))
 
         writer = Writer(
             store,
             clock_us=lambda: int(clock() * 1_000_000),
-            on_commit=on_commit,
-            on_recover=on_recover,
+            on_commit=functools.partial(record_commit, board_hubs),
+            on_recover=lambda: resync(board_hubs, store, math.floor(clock())),
             on_batch=app[METRICS].batch_committed,
+            before_batch=seasons.roll_due,
             flush_interval_s=settings.flush_interval_ms / 1000,
             max_batch=settings.flush_max_batch,
             max_queue=settings.queue_max,
@@ -180,7 +203,7 @@ async def _storage(
             probe_interval_s=settings.probe_interval_s,
         )
         app[SERVICE] = ScoreService(
-            board=board,
+            hubs=board_hubs,
             writer=writer,
             store=store,
             catalog=catalog,
@@ -192,18 +215,22 @@ async def _storage(
             rate_limit_keys=settings.rate_limit_keys,
             player_updates_per_min=settings.player_updates_per_min,
             player_actions_per_min=settings.player_actions_per_min,
+            seasons=seasons,
         )
-        app[ENCODER] = BoardEncoder(board)
-        app[BROADCASTER] = broadcaster
-        app[METRICS].watch_storage(writer, app[SERVICE], broadcaster)
+        app[HUBS] = board_hubs
+        app[METRICS].watch_storage(writer, app[SERVICE], FanoutTotals(board_hubs))
         writer.start()
+        seasons.start(writer)
         log.info(
             "storage_ready",
             extra={
                 "fields": {
                     "store": settings.store_url.split(":", 1)[0],
                     "database": settings.store_display,
-                    "board_entries": len(board.entries()),
+                    "boards": {
+                        hub.id: {"season": hub.season, "entries": len(hub.board.entries())}
+                        for hub in board_hubs
+                    },
                     "ms": round((time.perf_counter() - started) * 1000, 1),
                 }
             },
@@ -211,8 +238,9 @@ async def _storage(
         try:
             yield
         finally:
+            await seasons.close()
             await writer.close(settings.shutdown_timeout_s)
-            broadcaster.close()
+            board_hubs.close()
             log.info(
                 "writer_closed",
                 extra={"fields": {"batches": writer.batches, "committed": writer.committed}},

@@ -1,16 +1,19 @@
-"""The top-K board: ranking rule, exact in-memory top K, and board diffs.
+"""A board's top K: ranking rule, exact in-memory top K, and board diffs.
 
 Pure and synchronous: no I/O, no clock. Everything that decides who is ranked
 where lives in this module.
 
-Ranking rule: higher score first; on equal scores, whoever reached that score
-first (smaller `reached_at`); then by `user_id` in code-point order. The
-stores sort the same way (`ORDER BY score DESC, reached_at, id` with a binary
-collation on `id`), so the in-memory board and a database query agree.
+Ranking rule: the better score first (higher on a `desc` board, lower on an
+`asc` one); on equal scores, whoever reached that score first (smaller
+`reached_at`); then by `user_id` in code-point order. The stores sort the same
+way (`ORDER BY sort_key, reached_at, user_id` with a binary collation, where
+`sort_key` is `~score` on desc boards and `score` on asc ones), so the
+in-memory board and a database query agree.
 
-Exactness: scores only ever increase (every credited delta is positive), so a
-user outside the top K can only enter it through an update the board sees.
-Keeping exactly K entries is therefore enough; no shadow entries are needed.
+Exactness: on a monotonic board (a player's place only ever improves) a user
+outside the top K can only enter it through an update the board sees, so
+keeping exactly K entries is enough. On other boards the store re-reads the
+top K with each commit and the board is replaced (`Board.replace`).
 """
 
 from __future__ import annotations
@@ -32,11 +35,26 @@ class Entry:
     username: str
     score: int
     reached_at: int
+    # The record's metadata as compact JSON, as stored (None: none).
+    metadata: bytes | None = None
 
     @property
     def key(self) -> tuple[int, int, str]:
-        """Sort key: ascending order is best first."""
+        """Sort key on a `desc` board: ascending order is best first."""
         return (-self.score, self.reached_at, self.user_id)
+
+    def key_for(self, desc: bool) -> tuple[int, int, str]:
+        """Sort key on a board ranking higher (`desc`) or lower scores first."""
+        return (-self.score if desc else self.score, self.reached_at, self.user_id)
+
+
+def sort_key(score: int, desc: bool) -> int:
+    """The stores' ranking column: ascending order is best first.
+
+    `~score` (that is, -score - 1) reverses the order of every int64 without
+    overflowing, where -score would not fit for -2^63.
+    """
+    return ~score if desc else score
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +73,9 @@ class Change:
     entry: Entry | None
 
 
-def rank_all(entries: Iterable[Entry], k: int) -> list[Entry]:
+def rank_all(entries: Iterable[Entry], k: int, *, desc: bool = True) -> list[Entry]:
     """Brute-force reference: the best `k` of `entries` by the ranking rule."""
-    return sorted(entries, key=lambda e: e.key)[:k]
+    return sorted(entries, key=lambda e: e.key_for(desc))[:k]
 
 
 class Board:
@@ -67,12 +85,13 @@ class Board:
     encodings of the current board.
     """
 
-    __slots__ = ("_entries", "_k", "_keys", "version")
+    __slots__ = ("_desc", "_entries", "_k", "_keys", "version")
 
-    def __init__(self, k: int, entries: Iterable[Entry] = ()) -> None:
+    def __init__(self, k: int, entries: Iterable[Entry] = (), *, desc: bool = True) -> None:
         if k < 1:
             raise ValueError("board size must be at least 1")
         self._k = k
+        self._desc = desc
         self._entries: list[Entry] = []
         self._keys: list[tuple[int, int, str]] = []
         self.version = 0
@@ -91,6 +110,15 @@ class Board:
         """Current board with ranks."""
         return [RankedEntry(i + 1, e) for i, e in enumerate(self._entries)]
 
+    @property
+    def desc(self) -> bool:
+        """Higher scores rank first."""
+        return self._desc
+
+    def clear(self) -> None:
+        """Empty the board (a new season)."""
+        self.replace(())
+
     def rank_of(self, user_id: str) -> int | None:
         """1-based rank of `user_id` if it is on the board."""
         for i, e in enumerate(self._entries):
@@ -107,28 +135,28 @@ class Board:
 
     def replace(self, entries: Iterable[Entry]) -> bool:
         """Replace the whole board (start-up, resynchronisation); True if it changed."""
-        new = rank_all(entries, self._k)
+        new = rank_all(entries, self._k, desc=self._desc)
         if new == self._entries:
             return False
         self._entries = new
-        self._keys = [e.key for e in new]
+        self._keys = [e.key_for(self._desc) for e in new]
         self.version += 1
         return True
 
     def apply(self, entry: Entry) -> bool:
-        """Record a user's new standing; True if the board changed.
+        """Record a user's improved standing on a monotonic board; True if the board changed.
 
-        Raises ValueError if a user on the board would move down: that would
-        break the monotonic-score invariant the exactness relies on.
+        A standing that ranks below the one held for that user is not newer
+        (places only improve on such a board): it is ignored, so applying a
+        commit twice, or an older one late, changes nothing. One at the same
+        place (a new display name) replaces it.
         """
-        key = entry.key
+        key = entry.key_for(self._desc)
         for i, current in enumerate(self._entries):
             if current.user_id != entry.user_id:
                 continue
-            if current == entry:
+            if key > self._keys[i] or current == entry:
                 return False
-            if key > self._keys[i]:
-                raise ValueError(f"score of {entry.user_id!r} moved down; boards need monotonic scores")
             del self._entries[i]
             del self._keys[i]
             break

@@ -32,11 +32,12 @@ from . import __version__
 from .app import serve
 from .config import ConfigError, Settings, parse_value, resolve_secrets
 from .errors import ScoreboardError
+from .identity import Role
 from .logs import configure
 from .store import StorageError
 from .text import text_problem
 from .tickets import MAX_ID_CHARS, MAX_POINTS, Ticket, parse_ticket, sign_ticket
-from .tokens import Role, mint_token
+from .tokens import mint_token
 
 # Settings under which tokens come from an identity provider, not the HS256 secret.
 _KEY_SOURCES = ("jwt_public_key_file", "jwks_file", "jwks_url")
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[r.value for r in Role],
         default=Role.PLAYER.value,
         help="player: updates its own score with tickets; service: a trusted game backend "
-        "that may credit any user (default: player)",
+        "that may credit any user; admin: an operator who ends seasons (default: player)",
     )
     token.add_argument(
         "--ttl", type=float, default=3600.0, help="seconds until it expires, > 0 (default 3600)"

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit, urlunsplit
 
-from .catalog import DEFAULT_CATALOG, ActionType, CatalogError, parse_catalog
+from .catalog import MAX_TOP_K, Catalog, CatalogError, default_catalog, parse_catalog
+from .schedule import Schedule, ScheduleError, parse_reset
 from .tickets import MIN_SECRET_BYTES, TicketKeys
 from .tokens import MAX_JWKS_BYTES, KeySet, VerificationKey
 
@@ -73,10 +74,20 @@ class Settings:
         default=None,
         repr=False,
     )
+    catalog_file: Path | None = _opt(
+        "SCOREBOARD_CATALOG_FILE",
+        "TOML catalog of boards and actions (default: one board 'global' and one action 'default' worth 1)",
+        default=None,
+    )
     actions_file: Path | None = _opt(
         "SCOREBOARD_ACTIONS_FILE",
-        "TOML action catalog (default: one type 'default' worth 1)",
+        "older name of SCOREBOARD_CATALOG_FILE (a file with only [actions.*] tables keeps working)",
         default=None,
+    )
+    season_check_s: float = _opt(
+        "SCOREBOARD_SEASON_CHECK_S",
+        "longest wait between two looks at the season schedules (a clock jump is seen within it)",
+        default=30.0,
     )
     ticket_keys: str | None = _opt(
         "SCOREBOARD_TICKET_KEYS",
@@ -282,7 +293,13 @@ class Settings:
         int64 = 2**63 - 1
         return [
             (("port",), 0 <= self.port <= 65535, "must be 0-65535"),
-            (("top_k",), self.top_k >= 1, "must be at least 1"),
+            (("top_k",), 1 <= self.top_k <= MAX_TOP_K, f"must be from 1 to {MAX_TOP_K}"),
+            (
+                ("catalog_file", "actions_file"),
+                self.catalog_file is None or self.actions_file is None,
+                "set one of them, not both (SCOREBOARD_ACTIONS_FILE is the older name)",
+            ),
+            (("season_check_s",), self.season_check_s > 0, "must be > 0"),
             (("max_delta",), 1 <= self.max_delta <= int64, f"must be from 1 to {int64} (2^63-1)"),
             (("ack",), self.ack in ("commit", "memory"), "must be 'commit' or 'memory'"),
             (("flush_interval_ms",), self.flush_interval_ms >= 0, "must be >= 0"),
@@ -570,11 +587,29 @@ def _jwks_file_keys(path: Path) -> KeySet:
     raise ConfigError(f"SCOREBOARD_JWKS_FILE={str(path)!r}: {problem}")
 
 
-def load_catalog(settings: Settings) -> Mapping[str, ActionType]:
-    """The action catalog from `actions_file`, or the built-in one."""
-    if settings.actions_file is None:
-        return DEFAULT_CATALOG
+def load_catalog(settings: Settings) -> Catalog:
+    """The catalog from `catalog_file` (or its older name), or the built-in one.
+
+    Reset schedules are checked here (`schedule.parse_reset`, a cron library)
+    so a bad one stops the server at start, naming its key.
+    """
+    path = settings.catalog_file or settings.actions_file
+    if path is None:
+        return default_catalog(top_k=settings.top_k, max_delta=settings.max_delta)
     try:
-        return parse_catalog(settings.actions_file.read_text(encoding="utf-8"))
+        catalog = parse_catalog(
+            path.read_text(encoding="utf-8"), top_k=settings.top_k, max_delta=settings.max_delta
+        )
+        for board in catalog.boards.values():
+            try:
+                parse_reset(board.reset)
+            except ScheduleError as exc:
+                raise CatalogError(f"boards.{board.id}.reset: {exc}") from None
     except (OSError, CatalogError) as exc:
-        raise ConfigError(f"{settings.actions_file}: {exc}") from None
+        raise ConfigError(f"{path}: {exc}") from None
+    return catalog
+
+
+def schedules(catalog: Catalog) -> dict[str, Schedule | None]:
+    """Each board's reset schedule (already checked by `load_catalog`)."""
+    return {board.id: parse_reset(board.reset) for board in catalog.boards.values()}

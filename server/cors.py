@@ -1,7 +1,7 @@
 """CORS on the public reads, so a web game on another domain can read the board.
 
 Only what needs no credentials is shared: the board, a player's standing,
-the event stream and the API description (`PUBLIC_PATHS`). Their responses
+the event streams, the board reads and the API description (`PUBLIC_PATHS`). Their responses
 carry `Access-Control-Allow-Origin` when the page's origin is allowed (`*`
 by default, never with credentials), and a preflight (`OPTIONS`) is answered
 for them. Updates, action starts and the WebSocket are not covered: the
@@ -13,9 +13,18 @@ from __future__ import annotations
 from aiohttp import web
 
 from .errors import Code, ScoreboardError
-from .http import USER_PATH
+from .http import BOARD_PATH, USER_PATH
 
-PUBLIC_PATHS = ("/scores", USER_PATH, "/scores/stream", "/openapi.json")
+PUBLIC_PATHS = (
+    "/scores",
+    USER_PATH,
+    "/scores/stream",
+    "/openapi.json",
+    "/api/boards",
+    BOARD_PATH + "/scores",
+    BOARD_PATH + "/users/{user_id:[^/]+}",
+    BOARD_PATH + "/stream",
+)
 PUBLIC_METHODS = frozenset({"GET", "HEAD"})
 # Request headers a page may send: the event stream's resume position and ours.
 ALLOWED_HEADERS = frozenset({"last-event-id", "x-request-id", "cache-control", "accept"})

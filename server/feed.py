@@ -1,10 +1,14 @@
-"""The board's change feed: numbered snapshots and diffs, a bounded history
+"""A board's change feed: numbered snapshots and diffs, a bounded history
 for resuming, and each event's wire encodings, made once.
 
 Pure: no I/O, no clock. `epoch` names one history (a new one per server
 start); `seq` grows by one per published change. A client that was at
-`<epoch>:<seq>` gets the diffs it missed if they are all still in the
+`<epoch>:<seq>` gets the events it missed if they are all still in the
 history, else a fresh snapshot: never a silent gap.
+
+A season end is one numbered step: a `board:season` event and a snapshot of
+the new (empty) season share the next `seq`, and both stay in the history, so
+a client resuming across the boundary is told the season ended.
 """
 
 from __future__ import annotations
@@ -21,11 +25,15 @@ from .board import Entry, diff
 
 SNAPSHOT = "scoreboard:update"
 DIFF = "scoreboard:diff"
+SEASON = "board:season"
 
 
 def entry_json(rank: int, e: Entry) -> dict[str, object]:
-    """One board row as clients see it."""
-    return {"rank": rank, "userId": e.user_id, "username": e.username, "score": e.score}
+    """One board row as clients see it (`metadata` only when the record has some)."""
+    row: dict[str, object] = {"rank": rank, "userId": e.user_id, "username": e.username, "score": e.score}
+    if e.metadata is not None:
+        row["metadata"] = orjson.Fragment(e.metadata)
+    return row
 
 
 def ws_text_frame(payload: bytes) -> bytes:
@@ -103,12 +111,22 @@ def parse_since(token: str) -> tuple[str, int] | None:
 class Feed:
     """Turns successive boards into numbered diffs and keeps the recent ones.
 
-    `history` bounds how many diffs are kept for resuming.
+    `history` bounds how many events are kept for resuming.
     """
 
-    def __init__(self, epoch: str, board: Sequence[Entry], *, history: int = 1024) -> None:
+    def __init__(
+        self,
+        epoch: str,
+        board: Sequence[Entry],
+        *,
+        history: int = 1024,
+        board_id: str = "global",
+        season: int = 1,
+    ) -> None:
         self.epoch = epoch
         self.seq = 0
+        self.board_id = board_id
+        self.season = season
         self._board: tuple[Entry, ...] = tuple(board)
         self._history: deque[Event] = deque(maxlen=history)
         self._snapshot: Event | None = None
@@ -128,6 +146,8 @@ class Feed:
         self._snapshot = None
         body = {
             "type": DIFF,
+            "board": self.board_id,
+            "season": self.season,
             "epoch": self.epoch,
             "seq": self.seq,
             "changes": [
@@ -144,6 +164,8 @@ class Feed:
         if self._snapshot is None:
             body = {
                 "type": SNAPSHOT,
+                "board": self.board_id,
+                "season": self.season,
                 "epoch": self.epoch,
                 "seq": self.seq,
                 "topUsers": [entry_json(i + 1, e) for i, e in enumerate(self._board)],
@@ -151,18 +173,43 @@ class Feed:
             self._snapshot = Event(SNAPSHOT, self.epoch, self.seq, orjson.dumps(body))
         return self._snapshot
 
-    def since(self, token: str | None) -> list[Event]:
-        """What a client at `token` needs to reach `seq`: missed diffs, or a snapshot.
+    def new_season(self, board: Sequence[Entry], ended: int, season: int) -> list[Event]:
+        """End season `ended`: a `board:season` event and the new season's snapshot, at the next seq."""
+        self.seq += 1
+        self.season = season
+        self._board = tuple(board)
+        self._snapshot = None
+        body = {
+            "type": SEASON,
+            "board": self.board_id,
+            "endedSeason": ended,
+            "season": season,
+            "epoch": self.epoch,
+            "seq": self.seq,
+        }
+        events = [Event(SEASON, self.epoch, self.seq, orjson.dumps(body)), self.snapshot()]
+        self._history.extend(events)
+        return events
 
-        No token, another epoch, a position ahead of ours, or diffs no longer
-        in the history all give a snapshot. An up-to-date client gets nothing.
+    def since(self, token: str | None) -> list[Event]:
+        """What a client at `token` needs to reach `seq`: missed events, or a snapshot.
+
+        No token, another epoch, a position ahead of ours, or events no
+        longer in the history all give a snapshot. An up-to-date client gets
+        nothing.
         """
         position = parse_since(token) if token else None
         if position is None or position[0] != self.epoch or position[1] > self.seq:
             return [self.snapshot()]
-        missed = self.seq - position[1]
-        if missed == 0:
+        after = position[1]
+        if after == self.seq:
             return []
-        if missed > len(self._history):
-            return [self.snapshot()]
-        return list(self._history)[-missed:]
+        missed: list[Event] = []
+        for event in reversed(self._history):
+            if event.seq <= after:
+                break
+            missed.append(event)
+        if not missed or missed[-1].seq != after + 1:
+            return [self.snapshot()]  # the history no longer reaches back to `after`
+        missed.reverse()
+        return missed

@@ -22,15 +22,15 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestPayloadError
 
-from .board import Board
 from .errors import Code, ScoreboardError, retry_after_seconds
 from .feed import entry_json
+from .identity import Identity, Role
 from .logs import request_id
 from .metrics import METRICS
 from .service import ScoreService
 from .store import StorageError
-from .tokens import Identity, TokenVerifier, bearer_token
-from .validation import path_id
+from .tokens import TokenVerifier, bearer_token
+from .validation import check_members, integer, path_id, season_param, text
 
 log = logging.getLogger("scoreboard.http")
 
@@ -46,14 +46,19 @@ STATUS: dict[Code, int] = {
     Code.TICKET_EXPIRED: 403,
     Code.NOT_FOUND: 404,
     Code.USER_NOT_FOUND: 404,
+    Code.BOARD_NOT_FOUND: 404,
+    Code.SEASON_NOT_FOUND: 404,
     Code.METHOD_NOT_ALLOWED: 405,
     Code.REQUEST_TIMEOUT: 408,
     Code.ACTION_CONFLICT: 409,
+    Code.SEASON_CONFLICT: 409,
     Code.EXPECTATION_FAILED: 417,
     Code.PAYLOAD_TOO_LARGE: 413,
     Code.UNSUPPORTED_MEDIA_TYPE: 415,
     Code.VALIDATION_FAILED: 422,
     Code.UNKNOWN_ACTION_TYPE: 422,
+    Code.UNKNOWN_BOARD: 422,
+    Code.OUT_OF_RANGE: 422,
     Code.DELTA_MISMATCH: 422,
     Code.SCORE_OVERFLOW: 422,
     Code.TICKET_NOT_YET_VALID: 425,
@@ -78,6 +83,7 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 USER_PATH = "/api/users/{user_id:[^/]+}"
+BOARD_PATH = "/api/boards/{board:[^/]+}"
 BODY_CODINGS = frozenset({"identity", "gzip", "deflate"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -227,33 +233,12 @@ async def _handle(request: web.Request, handler: Handler, rid: str) -> web.Strea
         request_id.reset(token)
 
 
-class BoardEncoder:
-    """Encodes the board once per change; every reader reuses the bytes."""
-
-    __slots__ = ("_board", "_fragment", "_version")
-
-    def __init__(self, board: Board) -> None:
-        self._board = board
-        self._version = -1
-        self._fragment = orjson.Fragment(b"[]")
-
-    def top_users(self) -> orjson.Fragment:
-        """The `topUsers` array as pre-encoded JSON."""
-        if self._version != self._board.version:
-            self._fragment = orjson.Fragment(
-                orjson.dumps([entry_json(r.rank, r.entry) for r in self._board.ranked()])
-            )
-            self._version = self._board.version
-        return self._fragment
-
-
 class Routes:
     """The HTTP endpoints, bound to the service and the token verifier."""
 
     def __init__(
         self,
         service: Callable[[], ScoreService],
-        encoder: Callable[[], BoardEncoder],
         verifier: TokenVerifier,
         *,
         max_body_bytes: int,
@@ -261,7 +246,6 @@ class Routes:
         request_timeout_s: float = 10.0,
     ) -> None:
         self._service = service
-        self._encoder = encoder
         self._verifier = verifier
         self._max_body = max_body_bytes
         self._readiness_timeout = readiness_timeout_s
@@ -275,6 +259,10 @@ class Routes:
         app.router.add_post("/api/actions", self.start_action)
         # Any id but "/" (aiohttp's default pattern also refuses "{" and "}").
         app.router.add_get(USER_PATH, self.user)
+        app.router.add_get("/api/boards", self.boards)
+        app.router.add_get(BOARD_PATH + "/scores", self.board_top)
+        app.router.add_get(BOARD_PATH + "/users/{user_id:[^/]+}", self.board_user)
+        app.router.add_post(BOARD_PATH + "/reset", self.reset)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/", self.page)
@@ -325,8 +313,13 @@ class Routes:
         """POST /scores/update and /api/score/update: credit one action."""
         identity = await self._authenticate(request)
         body = await self._json(request)
-        answer = await self._service().credit(identity, body).answer()
-        return json_response(answer.body | {"topUsers": self._encoder().top_users()}, status=answer.status)
+        service = self._service()
+        answer = await service.credit(identity, body).answer()
+        if not answer.default_board:
+            return json_response(answer.body, status=answer.status)
+        return json_response(
+            answer.body | {"topUsers": service.hubs.default.top_users()}, status=answer.status
+        )
 
     async def start_action(self, request: web.Request) -> web.Response:
         """POST /api/actions: issue a ticket for an action the player starts."""
@@ -344,17 +337,67 @@ class Routes:
         )
 
     async def top(self, request: web.Request) -> web.Response:
-        """GET /scores: the board, best first."""
-        return json_response({"topUsers": self._encoder().top_users()})
+        """GET /scores: the default board, best first."""
+        return json_response({"topUsers": self._service().hubs.default.top_users()})
 
     async def user(self, request: web.Request) -> web.Response:
-        """GET /api/users/{userId}: one user's score and rank."""
+        """GET /api/users/{userId}: one user's score and rank on the default board."""
         user_id = path_id(request.match_info["user_id"], "userId")
-        standing = await self._service().standing(user_id)
+        _, _, standing = await self._service().standing(user_id)
         e = standing.entry
         return json_response(
             {"userId": e.user_id, "username": e.username, "score": e.score, "rank": standing.rank}
         )
+
+    async def boards(self, request: web.Request) -> web.Response:
+        """GET /api/boards: every board, with its current season."""
+        return json_response({"boards": [hub.describe() for hub in self._service().hubs]})
+
+    async def board_top(self, request: web.Request) -> web.Response:
+        """GET /api/boards/{board}/scores[?season=N]: a season's top K."""
+        board = request.match_info["board"]
+        season = season_param(request.query.get("season"))
+        hub, number, entries = await self._service().top(board, season)
+        listed = (
+            hub.top_users()
+            if entries is None
+            else [entry_json(rank, e) for rank, e in enumerate(entries, start=1)]
+        )
+        return json_response({"board": hub.id, "season": number, "entries": listed})
+
+    async def board_user(self, request: web.Request) -> web.Response:
+        """GET /api/boards/{board}/users/{userId}[?season=N]: one player's entry and rank."""
+        board = request.match_info["board"]
+        user_id = path_id(request.match_info["user_id"], "userId")
+        season = season_param(request.query.get("season"))
+        hub, number, standing = await self._service().standing(user_id, board, season)
+        e = standing.entry
+        body: dict[str, Any] = {
+            "board": hub.id,
+            "season": number,
+            "userId": e.user_id,
+            "username": e.username,
+            "score": e.score,
+            "rank": standing.rank,
+        }
+        if e.metadata is not None:
+            body["metadata"] = orjson.Fragment(e.metadata)
+        return json_response(body)
+
+    async def reset(self, request: web.Request) -> web.Response:
+        """POST /api/boards/{board}/reset: an admin ends the current season now."""
+        identity = await self._authenticate(request)
+        if identity.role is not Role.ADMIN:
+            raise ScoreboardError(Code.FORBIDDEN, "Only an admin token may end a season.")
+        service = self._service()
+        hub = service.hubs.get(request.match_info["board"])
+        b = check_members(await self._json(request), ("season",), frozenset({"season", "reason"}))
+        season = integer(b, "season", 1, 2**31 - 1)
+        text(b, "reason", 512)  # optional here; logged with the season end
+        if season is None:
+            raise AssertionError("check_members refused a missing season")
+        change = await service.end_season(hub.id, season)
+        return json_response({"board": change.board, "endedSeason": change.ended, "season": change.season})
 
     async def page(self, request: web.Request) -> web.FileResponse:
         """GET /: the live board page."""

@@ -23,7 +23,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from .errors import Code, ScoreboardError
-from .tokens import Role, TokenVerifier, bearer_token
+from .identity import Role
+from .tokens import TokenVerifier, bearer_token
 
 # The classic text format, which every Prometheus version reads. (The
 # library's CONTENT_TYPE_LATEST says version=1.0.0 since 0.22; the body

@@ -1,24 +1,27 @@
 """The API description: `GET /openapi.json`, an OpenAPI 3.1 document of every HTTP endpoint.
 
 `describe(settings, catalog)` builds the document once per application from
-what this server accepts: the largest service delta, the board size, the
-catalog's action types, whether `/metrics` exists and needs a token, whether
-CORS preflights are answered. `OpenApiEndpoint` serves it, encoded once.
+what this server accepts: the largest service delta, the catalog's boards
+(their ids, bounds and sizes) and action types, whether `/metrics` exists and
+needs a token, whether CORS preflights are answered. `OpenApiEndpoint` serves
+it, encoded once.
 
 Said once here rather than per response:
 - every response carries `X-Request-ID`;
 - every error is the shared `Error` object; each response lists the codes it
   can carry, under the status `http.STATUS` gives them (a test checks both);
 - ids, names and action types follow the text rule of `text.py`: the string
-  format `printable-text` (a JSON Schema pattern cannot say it portably).
+  format `printable-text` (a JSON Schema pattern cannot say it portably);
+- what JSON Schema cannot say is said in descriptions: `metadata` is at most
+  512 bytes as compact JSON.
 
 Automatic HEADs (aiohttp answers HEAD beside every GET) are not operations
-of their own; `HEAD /scores/stream` is, since it does not subscribe.
+of their own; the HEADs of the event streams are, since they do not subscribe.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -26,18 +29,20 @@ from aiohttp import web
 from aiohttp.web_fileresponse import CONTENT_TYPES
 
 from . import __version__
-from .catalog import ActionType
+from .catalog import INT64_MAX, INT64_MIN, MAX_TOP_K, BoardSpec, Catalog, Operator, Order
 from .config import Settings
 from .cors import ALLOWED_HEADERS
 from .errors import Code
 from .http import PAGE_HEADERS, STATIC_FILES, STATUS
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .tickets import MAX_POINTS, MAX_TICKET_CHARS
+from .tickets import MAX_BOARDS, MAX_METADATA_BYTES, MAX_POINTS, MAX_TICKET_CHARS
 from .validation import MAX_STRING_CHARS
 
 OPENAPI_PATH = "/openapi.json"
 TEXT_FORMAT = "printable-text"
 Json = dict[str, Any]
+MAX_SEASON = 2**31 - 1
+MAX_REASON_CHARS = 512
 
 # Refusals any request may get: the per-address connection cap, an oversized
 # header, an `Expect` other than 100-continue, a bug.
@@ -60,8 +65,28 @@ UPDATE = (
     *STORE,
     Code.FORBIDDEN,
     Code.ACTION_CONFLICT,
+    Code.UNKNOWN_BOARD,
+    Code.OUT_OF_RANGE,
     Code.DELTA_MISMATCH,
     Code.SCORE_OVERFLOW,
+)
+# A board's reads: `not_found` for an empty segment (no route matches it).
+BOARD_READ = (
+    Code.VALIDATION_FAILED,
+    Code.BOARD_NOT_FOUND,
+    Code.SEASON_NOT_FOUND,
+    Code.NOT_FOUND,
+    Code.STORAGE_UNAVAILABLE,
+)
+RESET = (
+    *AUTH,
+    *BODY,
+    Code.FORBIDDEN,
+    Code.BOARD_NOT_FOUND,
+    Code.NOT_FOUND,
+    Code.SEASON_CONFLICT,
+    Code.STORAGE_UNAVAILABLE,
+    Code.SHUTTING_DOWN,
 )
 SECURITY: dict[str, list[Json]] = {
     "none": [],
@@ -72,9 +97,11 @@ SECURITY: dict[str, list[Json]] = {
 RETRY_STATUSES = frozenset({425, 429, 503})
 
 INFO = """\
-A real-time top-K leaderboard. Players redeem server-signed tickets for the
-actions they start; trusted game backends (service tokens) credit bounded
-deltas. An `actionId` is credited at most once, ever.
+Real-time top-K leaderboards ("boards"), each with seasons. Players redeem
+server-signed tickets for the actions they start; trusted game backends
+(service tokens) credit values on one or several boards; admins end seasons.
+An `actionId` is credited at most once, ever. `/scores`, `/scores/stream` and
+`/api/users/{userId}` are the default board's current season.
 
 Every response carries `X-Request-ID` (the request's own if it matches
 `^[A-Za-z0-9._:-]{1,64}$`). Every error is `{"success": false, "error":
@@ -87,10 +114,11 @@ response lists the codes it can carry. Any request may also be refused 429
 Strings of format `printable-text` are Unicode scalar values without control
 characters (Cc), format characters (Cf) other than the zero-width joiner and
 non-joiner, or line and paragraph separators (Zl, Zp). Integers are JSON
-integers: `5.0` and `true` are refused.
+integers: `5.0` and `true` are refused. Board ids are 1-64 characters of
+`[a-z0-9_-]`; the paths list this server's boards.
 
 Every GET also answers HEAD (the same status and headers, no body), except
-`/ws` and `/scores/stream`, whose HEAD is its own operation."""
+`/ws` and the event streams, whose HEAD is its own operation."""
 
 
 # -- building blocks ---------------------------------------------------------------
@@ -237,20 +265,276 @@ def _op(
 # -- the schemas -------------------------------------------------------------------
 
 
-def _schemas(settings: Settings, catalog: Mapping[str, ActionType]) -> Json:
-    top_k = settings.top_k
+def _scores_of(specs: Iterable[BoardSpec]) -> Json:
+    """The scores boards `specs` can hold: positive where every update adds at least 1, else any int64."""
+    adds = all(s.operator is Operator.INCR and s.min_value >= 1 for s in specs)
+    return _int(1 if adds else INT64_MIN, INT64_MAX)
+
+
+def _update_schemas(settings: Settings, catalog: Catalog, user_id: Json, action_id: Json) -> Json:
+    default = catalog.default_board
+    username = _nullable(_text("The display name to show on the boards."))
+    metadata = {
+        "type": ["object", "null"],
+        "description": f"Any JSON object of at most {MAX_METADATA_BYTES} bytes as compact UTF-8 JSON, "
+        "stored with the records it writes and shown with them.",
+    }
+    per_board = {
+        spec.id: _int(spec.min_value, spec.max_value, f"Board '{spec.id}' ({spec.operator.value}).")
+        for spec in catalog.boards.values()
+    }
+    return {
+        "PlayerUpdate": _object(
+            {"actionId": action_id, "ticket": _ref("Ticket")},
+            {
+                "userId": _nullable(_text("If given, the token's `sub`.")),
+                "scoreDelta": _nullable(
+                    _int(1, 2**53, "If given, the ticket's points (a ticket with `scores`: leave it out).")
+                ),
+            },
+            "A player (a token with `role: player`) redeems the ticket of its action.",
+        ),
+        "ServiceDelta": _object(
+            {
+                "userId": user_id,
+                "actionId": action_id,
+                "scoreDelta": _int(
+                    max(1, default.min_value),
+                    min(settings.max_delta, default.max_value),
+                    f"Points for the default board ('{default.id}'): 1 to SCOREBOARD_MAX_DELTA "
+                    f"(configurable; default 1000, {settings.max_delta} on this server), within its bounds.",
+                ),
+            },
+            {"username": username, "metadata": metadata, "scores": {"type": "null"}},
+            "A trusted backend (a token with `role: service`) credits the default board.",
+        ),
+        "ServiceScores": _object(
+            {
+                "userId": user_id,
+                "actionId": action_id,
+                "scores": {
+                    "type": "object",
+                    "properties": per_board,
+                    "additionalProperties": False,
+                    "minProperties": 1,
+                    "maxProperties": MAX_BOARDS,
+                    "description": "The value for each board, within its bounds: added (`incr`), kept "
+                    "if better (`best`) or replacing the last (`latest`). An unknown board is 422 "
+                    "`unknown_board`, a value outside its board's bounds 422 `out_of_range`.",
+                },
+            },
+            {"username": username, "metadata": metadata, "scoreDelta": {"type": "null"}},
+            "A trusted backend (a token with `role: service`) credits several boards at once.",
+        ),
+        "Credited": {
+            **_object(
+                {
+                    "success": {"const": True},
+                    "userId": user_id,
+                    "duplicate": {"type": "boolean", "description": "A retry: the original answer."},
+                    "boards": {
+                        "type": "object",
+                        "propertyNames": {"pattern": "^[a-z0-9_-]{1,64}$"},
+                        "additionalProperties": _ref("BoardCredit"),
+                        "minProperties": 1,
+                        "maxProperties": MAX_BOARDS,
+                        "description": "Each board written, by id.",
+                    },
+                },
+                {
+                    "newScore": {**_ref("Score"), "description": "The default board's score."},
+                    "topUsers": _ref("TopUsers"),
+                },
+                "`newScore` and `topUsers` only when the update wrote the default board.",
+            ),
+            "dependentRequired": {"newScore": ["topUsers"], "topUsers": ["newScore"]},
+        },
+        "BoardCredit": _object(
+            {
+                "season": _int(1, MAX_SEASON, "The season written."),
+                "score": _scores_of(catalog.boards.values()),
+                "improved": {
+                    "type": "boolean",
+                    "description": "Whether the record was written: always on `incr` and `latest` boards, "
+                    "on `best` ones when the value beat the best.",
+                },
+            }
+        ),
+        "Accepted": _object(
+            {
+                "success": {"const": True},
+                "accepted": {"const": True},
+                "userId": user_id,
+                "actionId": action_id,
+            },
+            {"topUsers": _ref("TopUsers")},
+            "`topUsers` only when the update writes the default board.",
+        ),
+        "ActionStart": _object({"type": {"enum": sorted(catalog.actions), "description": "An action type."}}),
+        "ActionStarted": _object(
+            {
+                "actionId": action_id,
+                "ticket": _ref("Ticket"),
+                "reward": _int(1, MAX_POINTS, "The points credited on each of the action's boards."),
+                "notBefore": _int(about="Unix seconds: redeemable from then."),
+                "expiresAt": _int(about="Unix seconds: redeemable until then."),
+            }
+        ),
+    }
+
+
+def _board_schemas(catalog: Catalog, ids: Json, user_id: Json) -> Json:
+    default = catalog.default_board
+    boards = list(catalog.boards.values())
+    top_k = max(spec.top_k for spec in boards)
+    name = {"type": "string", "minLength": 1, "maxLength": MAX_STRING_CHARS, "description": "Display name."}
+    metadata = {"type": "object", "description": "The metadata of the update that wrote the record."}
+    season = _int(1, MAX_SEASON, "A season number: 1, then one more per season end.")
+
+    def row(rank_max: int, score: Json, about: str) -> Json:
+        return _object(
+            {"rank": _int(1, rank_max), "userId": user_id, "username": name, "score": score},
+            {"metadata": metadata},
+            about + " `username` is the user id when no name was ever given.",
+        )
+
+    return {
+        "BoardId": {**ids, "description": "A board of this server (GET /api/boards)."},
+        "Score": _scores_of([default]),
+        "BoardEntry": row(default.top_k, _ref("Score"), "A row of the default board."),
+        "TopUsers": {"type": "array", "items": _ref("BoardEntry"), "maxItems": default.top_k},
+        "Board": _object({"topUsers": _ref("TopUsers")}, about="The default board, best first."),
+        "Standing": _object({"userId": user_id, "username": name, "score": _ref("Score"), "rank": _int(1)}),
+        "Entry": row(top_k, _scores_of(boards), "A row of any board."),
+        "BoardInfo": _object(
+            {
+                "id": _ref("BoardId"),
+                "title": {"type": "string", "maxLength": 128},
+                "operator": {"enum": [o.value for o in Operator], "description": "How updates count."},
+                "order": {"enum": [o.value for o in Order], "description": "desc: higher ranks first."},
+                "topK": _int(1, MAX_TOP_K),
+                "reset": {
+                    "type": ["string", "null"],
+                    "minLength": 1,
+                    "description": "When seasons end: daily, weekly, monthly or a cron expression (UTC); "
+                    "null: only when an admin ends one.",
+                },
+                "default": {"type": "boolean"},
+                "season": _object(
+                    {
+                        "id": season,
+                        "startedAt": _int(about="Unix seconds."),
+                        "endsAt": {
+                            **_int(about="Unix seconds; null: no scheduled end."),
+                            "type": ["integer", "null"],
+                        },
+                    },
+                    about="The current season.",
+                ),
+            }
+        ),
+        "Boards": _object(
+            {
+                "boards": {
+                    "type": "array",
+                    "items": _ref("BoardInfo"),
+                    "minItems": len(boards),
+                    "maxItems": len(boards),
+                }
+            },
+            about="Every board, in the catalog's order.",
+        ),
+        "BoardScores": _object(
+            {
+                "board": _ref("BoardId"),
+                "season": season,
+                "entries": {"type": "array", "items": _ref("Entry"), "maxItems": top_k},
+            },
+            about="A season's top K (the board's `topK`), best first.",
+        ),
+        "BoardStanding": _object(
+            {
+                "board": _ref("BoardId"),
+                "season": season,
+                "userId": user_id,
+                "username": name,
+                "score": _scores_of(boards),
+                "rank": _int(1),
+            },
+            {"metadata": metadata},
+        ),
+        "SeasonEnd": _object(
+            {"season": _int(1, MAX_SEASON, "The current season: the one to end.")},
+            {"reason": _nullable(_text("Why (logged with the season end).", MAX_REASON_CHARS))},
+        ),
+        "SeasonEnded": _object(
+            {"board": _ref("BoardId"), "endedSeason": season, "season": _int(2, about="The new season.")}
+        ),
+    }
+
+
+def _stream_schemas(epoch: Json, top_k: int) -> Json:
+    position = {"board": _ref("BoardId"), "epoch": epoch}
+    return {
+        "Snapshot": _object(
+            {
+                "type": {"const": "scoreboard:update"},
+                **position,
+                "season": _int(1),
+                "seq": _int(0),
+                "topUsers": {"type": "array", "items": _ref("Entry"), "maxItems": top_k},
+            },
+            about="The whole board as of `seq`.",
+        ),
+        "Diff": _object(
+            {
+                "type": {"const": "scoreboard:diff"},
+                **position,
+                "season": _int(1),
+                "seq": _int(1),
+                "changes": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "oneOf": [
+                            _ref("Entry"),
+                            _object({"rank": _int(1, top_k), "removed": {"const": True}}),
+                        ]
+                    },
+                },
+            },
+            about="The rows that changed since `seq - 1`; an emptied rank is `removed`.",
+        ),
+        "SeasonStarted": _object(
+            {
+                "type": {"const": "board:season"},
+                **position,
+                "endedSeason": _int(1),
+                "season": _int(2),
+                "seq": _int(1),
+            },
+            about="A season ended; the new (empty) season's snapshot follows at the same `seq`.",
+        ),
+        "StreamEvent": _object(
+            {
+                "event": {"enum": ["scoreboard:update", "scoreboard:diff", "board:season"]},
+                "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}:[0-9]{1,18}$"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"oneOf": [_ref("Snapshot"), _ref("Diff"), _ref("SeasonStarted")]},
+                },
+            },
+            {"retry": _int(0)},
+            "One server-sent event: `event:`, `id: <epoch>:<seq>`, `data:`.",
+        ),
+    }
+
+
+def _schemas(settings: Settings, catalog: Catalog) -> Json:
+    ids = {"type": "string", "enum": list(catalog.boards)}
     user_id = _text("A user id (a token's `sub`).")
     action_id = _text("The action's id: its exactly-once key.")
-    name = {"type": "string", "minLength": 1, "maxLength": MAX_STRING_CHARS, "description": "Display name."}
-    ticket = {
-        "type": "string",
-        "minLength": 1,
-        "maxLength": MAX_TICKET_CHARS,
-        "pattern": r"^v1\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*$",
-        "description": "From `POST /api/actions`, or minted by a backend (README: Tickets).",
-    }
-    score = _int(1, 2**63 - 1)
-    top_users = {"type": "array", "items": _ref("BoardEntry"), "maxItems": top_k}
     epoch = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$", "description": "The board's history."}
     return {
         "Error": _object(
@@ -268,97 +552,16 @@ def _schemas(settings: Settings, catalog: Mapping[str, ActionType]) -> Json:
                 ),
             }
         ),
-        "PlayerUpdate": _object(
-            {"actionId": action_id, "ticket": ticket},
-            {
-                "userId": _nullable(_text("If given, the token's `sub`.")),
-                "scoreDelta": _nullable(_int(1, 2**53, "If given, the ticket's points.")),
-            },
-            "A player (a token without `role: service`) redeems the ticket of its action.",
-        ),
-        "ServiceUpdate": _object(
-            {
-                "userId": user_id,
-                "scoreDelta": _int(
-                    1,
-                    settings.max_delta,
-                    "Points to credit: 1 to SCOREBOARD_MAX_DELTA (configurable; default 1000, "
-                    f"{settings.max_delta} on this server).",
-                ),
-                "actionId": action_id,
-            },
-            {"username": _nullable(_text("The display name to show on the board."))},
-            "A trusted backend (a token with `role: service`) credits a delta.",
-        ),
-        "Credited": _object(
-            {
-                "success": {"const": True},
-                "userId": user_id,
-                "newScore": score,
-                "duplicate": {"type": "boolean", "description": "A retry: the original answer."},
-                "topUsers": top_users,
-            }
-        ),
-        "Accepted": _object(
-            {
-                "success": {"const": True},
-                "accepted": {"const": True},
-                "userId": user_id,
-                "actionId": action_id,
-                "topUsers": top_users,
-            }
-        ),
-        "ActionStart": _object({"type": {"enum": sorted(catalog), "description": "An action type."}}),
-        "ActionStarted": _object(
-            {
-                "actionId": action_id,
-                "ticket": ticket,
-                "reward": _int(1, MAX_POINTS),
-                "notBefore": _int(about="Unix seconds: redeemable from then."),
-                "expiresAt": _int(about="Unix seconds: redeemable until then."),
-            }
-        ),
-        "BoardEntry": _object(
-            {"rank": _int(1, top_k), "userId": user_id, "username": name, "score": score},
-            about="A board row; `username` is the user id when no name was ever given.",
-        ),
-        "Board": _object({"topUsers": top_users}, about="The board, best first."),
-        "Standing": _object({"userId": user_id, "username": name, "score": score, "rank": _int(1)}),
-        "Snapshot": _object(
-            {"type": {"const": "scoreboard:update"}, "epoch": epoch, "seq": _int(0), "topUsers": top_users},
-            about="The whole board as of `seq`.",
-        ),
-        "Diff": _object(
-            {
-                "type": {"const": "scoreboard:diff"},
-                "epoch": epoch,
-                "seq": _int(1),
-                "changes": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "oneOf": [
-                            _ref("BoardEntry"),
-                            _object({"rank": _int(1, top_k), "removed": {"const": True}}),
-                        ]
-                    },
-                },
-            },
-            about="The rows that changed since `seq - 1`; an emptied rank is `removed`.",
-        ),
-        "StreamEvent": _object(
-            {
-                "event": {"enum": ["scoreboard:update", "scoreboard:diff"]},
-                "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}:[0-9]{1,18}$"},
-                "data": {
-                    "type": "string",
-                    "contentMediaType": "application/json",
-                    "contentSchema": {"oneOf": [_ref("Snapshot"), _ref("Diff")]},
-                },
-            },
-            {"retry": _int(0)},
-            "One server-sent event: `event:`, `id: <epoch>:<seq>`, `data:`.",
-        ),
+        "Ticket": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_TICKET_CHARS,
+            "pattern": r"^v1\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*$",
+            "description": "From `POST /api/actions`, or minted by a backend (README: Tickets).",
+        },
+        **_update_schemas(settings, catalog, user_id, action_id),
+        **_board_schemas(catalog, ids, user_id),
+        **_stream_schemas(epoch, max(spec.top_k for spec in catalog.boards.values())),
         "Health": _object({"status": {"const": "ok"}}),
         "Ready": _object(
             {"status": {"const": "ready"}, "queued": _int(0, about="Updates waiting for storage.")}
@@ -368,13 +571,49 @@ def _schemas(settings: Settings, catalog: Mapping[str, ActionType]) -> Json:
 
 # -- the operations ------------------------------------------------------------------
 
+USER_PARAMETER: Json = {
+    "name": "userId",
+    "in": "path",
+    "required": True,
+    "description": "Percent-encoded; `.` and `..` as %2E and %2E%2E (clients remove dot segments).",
+    "schema": {**_text("A user id."), "not": {"enum": [".", ".."]}},
+}
+BOARD_PARAMETER: Json = {
+    "name": "board",
+    "in": "path",
+    "required": True,
+    "description": "A board id (1-64 of `[a-z0-9_-]`); any other segment is 404 `board_not_found`.",
+    "schema": _ref("BoardId"),
+}
+SEASON_PARAMETER: Json = {
+    "name": "season",
+    "in": "query",
+    "required": False,
+    "description": "A season still kept (the current one and the board's last `archive` ones); "
+    "default: the current one. Others are 404 `season_not_found`.",
+    "schema": _int(1, MAX_SEASON),
+}
 
-def _update(operation_id: str, summary: str) -> Json:
-    standing = {
-        "operationId": "getUser",
-        "parameters": {"userId": "$response.body#/userId"},
-        "description": "The credited user's score and rank.",
+
+def _update(operation_id: str, summary: str, boards: Sequence[str]) -> Json:
+    links = {
+        "standing": {
+            "operationId": "getUser",
+            "parameters": {"userId": "$response.body#/userId"},
+            "description": "The credited user's standing on the default board (when `newScore` is given).",
+        }
     }
+    for board in boards:
+        links[f"standing.{board}"] = {
+            "operationId": "getBoardUser",
+            "parameters": {
+                "board": board,
+                "userId": "$response.body#/userId",
+                "season": f"$response.body#/boards/{board}/season",
+            },
+            "description": f"The credited user's entry on board '{board}' (when the update wrote it).",
+        }
+    body = [_ref("PlayerUpdate"), _ref("ServiceScores")]
     return _op(
         operation_id,
         summary,
@@ -384,18 +623,19 @@ def _update(operation_id: str, summary: str) -> Json:
                 200,
                 "Credited (committed), or a retry's original answer.",
                 _json(_ref("Credited")),
-                links={"standing": standing},
+                links=links,
             ),
             "202": _answer(
                 202, "Queued (SCOREBOARD_ACK=memory), not yet committed.", _json(_ref("Accepted"))
             ),
         },
         UPDATE,
-        about="The token decides the body: a player's redeems a ticket, a service token's credits a delta. "
-        "An `actionId` sent again with the same user and delta is answered 200 with `duplicate: true` and "
-        "the original `newScore`; with another user or delta, 409 `action_conflict`. A player over "
-        "SCOREBOARD_PLAYER_UPDATES_PER_MIN is 429 `rate_limited`.",
-        body={"oneOf": [_ref("PlayerUpdate"), _ref("ServiceUpdate")]},
+        about="The token decides the body: a player's redeems a ticket, a service token's credits "
+        "`scoreDelta` on the default board or `scores` on several boards; an admin's is 403 `forbidden`. "
+        "An `actionId` sent again with the same user and values is answered 200 with `duplicate: true` "
+        "and the original answer; with another user, other boards or other values, 409 "
+        "`action_conflict`. A player over SCOREBOARD_PLAYER_UPDATES_PER_MIN is 429 `rate_limited`.",
+        body={"oneOf": [body[0], _ref("ServiceDelta"), body[1]]},
         auth="required",
     )
 
@@ -432,69 +672,189 @@ def _start_action() -> Json:
 
 
 def _reads(shared: Json) -> Json:
-    user = {
-        "name": "userId",
-        "in": "path",
-        "required": True,
-        "description": "Percent-encoded; `.` and `..` as %2E and %2E%2E (clients remove dot segments).",
-        "schema": {**_text("A user id."), "not": {"enum": [".", ".."]}},
-    }
     return {
         "/scores": {
             "get": _op(
                 "getBoard",
-                "The board, best first",
+                "The default board, best first",
                 "board",
-                {"200": _answer(200, "At most SCOREBOARD_TOP_K rows.", _json(_ref("Board")), shared)},
+                {"200": _answer(200, "At most the board's `topK` rows.", _json(_ref("Board")), shared)},
             )
         },
         "/api/users/{userId}": {
             "get": _op(
                 "getUser",
-                "One user's score and rank",
+                "One user's score and rank on the default board",
                 "board",
                 {"200": _answer(200, "The user's standing.", _json(_ref("Standing")), shared)},
                 (Code.VALIDATION_FAILED, Code.USER_NOT_FOUND, Code.NOT_FOUND, Code.STORAGE_UNAVAILABLE),
-                about="404 `user_not_found` for a user with no score (`not_found` for an empty id); 422 "
-                "`validation_failed` for an id breaking the text rule.",
-                parameters=[user],
+                about="404 `user_not_found` for a user with no score this season (`not_found` for an empty "
+                "id); 422 `validation_failed` for an id breaking the text rule.",
+                parameters=[USER_PARAMETER],
             )
         },
+    }
+
+
+def _boards(boards: Sequence[str]) -> Json:
+    listed = {
+        f"{kind}.{board}": {
+            "operationId": target,
+            "parameters": {"board": f"$response.body#/boards/{i}/id", **extra},
+            **body,
+            "description": about,
+        }
+        for i, board in enumerate(boards)
+        for kind, target, extra, body, about in (
+            (
+                "scores",
+                "getBoardScores",
+                {"season": f"$response.body#/boards/{i}/season/id"},
+                {},
+                f"The current season of board '{board}'.",
+            ),
+            (
+                "reset",
+                "resetBoard",
+                {},
+                {"requestBody": {"season": f"$response.body#/boards/{i}/season/id"}},
+                f"End the current season of board '{board}' (an admin).",
+            ),
+        )
+    }
+    first = {
+        "operationId": "getBoardUser",
+        "parameters": {
+            "board": "$response.body#/board",
+            "season": "$response.body#/season",
+            "userId": "$response.body#/entries/0/userId",
+        },
+        "description": "The first entry's standing.",
+    }
+    ended = {
+        "archive": {
+            "operationId": "getBoardScores",
+            "parameters": {"board": "$response.body#/board", "season": "$response.body#/endedSeason"},
+            "description": "The season just ended (404 `season_not_found` unless the board keeps some).",
+        },
+        "next": {
+            "operationId": "resetBoard",
+            "parameters": {"board": "$response.body#/board"},
+            "requestBody": {"season": "$response.body#/season"},
+            "description": "End the new season too.",
+        },
+    }
+    return {
+        "/api/boards": {
+            "get": _op(
+                "listBoards",
+                "Every board, with its current season",
+                "board",
+                {"200": _answer(200, "The catalog's boards.", _json(_ref("Boards")), links=listed)},
+            )
+        },
+        "/api/boards/{board}/scores": {
+            "get": _op(
+                "getBoardScores",
+                "A board's top K for a season",
+                "board",
+                {
+                    "200": _answer(
+                        200,
+                        "At most the board's `topK` rows.",
+                        _json(_ref("BoardScores")),
+                        links={"first": first},
+                    )
+                },
+                BOARD_READ,
+                about="422 `validation_failed` for a `season` that is not 1 to 2147483647 in ASCII digits.",
+                parameters=[BOARD_PARAMETER, SEASON_PARAMETER],
+            )
+        },
+        "/api/boards/{board}/users/{userId}": {
+            "get": _op(
+                "getBoardUser",
+                "One user's entry and rank on a board, for a season",
+                "board",
+                {"200": _answer(200, "The user's standing.", _json(_ref("BoardStanding")))},
+                (*BOARD_READ, Code.USER_NOT_FOUND),
+                about="404 `user_not_found` for a user with no score that season; 422 `validation_failed` "
+                "for an id breaking the text rule or a bad `season`.",
+                parameters=[BOARD_PARAMETER, USER_PARAMETER, SEASON_PARAMETER],
+            )
+        },
+        "/api/boards/{board}/reset": {
+            "post": _op(
+                "resetBoard",
+                "End a board's current season now (admins)",
+                "seasons",
+                {
+                    "200": _answer(
+                        200, "Ended; the new season is empty.", _json(_ref("SeasonEnded")), links=ended
+                    )
+                },
+                RESET,
+                about="An admin token (`role: admin`); others are 403 `forbidden`. `season` must be the "
+                "current one (GET /api/boards), else 409 `season_conflict`: two admins cannot end two "
+                "seasons by mistake. A scheduled board keeps its schedule.",
+                parameters=[BOARD_PARAMETER],
+                body=_ref("SeasonEnd"),
+                auth="required",
+            )
+        },
+    }
+
+
+def _stream(
+    operation_id: str, board: str, parameters: list[Json], errors: tuple[Code, ...], headers: Json
+) -> Json:
+    """A board's event stream (GET) and its headers (HEAD)."""
+    return {
+        "get": _op(
+            operation_id,
+            f"{board}'s events, as Server-Sent Events",
+            "live",
+            {
+                "200": _answer(
+                    200,
+                    "Endless: `retry:`, a snapshot (or the missed events), then a diff per change and "
+                    "`board:season` plus a snapshot per season end; `: heartbeat` comments while idle.",
+                    {"text/event-stream": {"schema": _ref("StreamEvent")}},
+                    headers,
+                )
+            },
+            errors,
+            parameters=[
+                *parameters,
+                _request_header(
+                    "Last-Event-ID",
+                    "Resume after this `<epoch>:<seq>`: the missed events while held, nothing if up "
+                    "to date, else a snapshot.",
+                ),
+            ],
+        ),
+        "head": _op(
+            operation_id + "Head",
+            "The stream's headers, without subscribing",
+            "live",
+            {"200": _answer(200, "`Content-Type: text/event-stream`, no body.", headers=headers)},
+            errors,
+            parameters=parameters,
+        ),
     }
 
 
 def _live(shared: Json) -> Json:
     stream_headers = {"Cache-Control": _fixed("no-cache"), **shared}
     return {
-        "/scores/stream": {
-            "get": _op(
-                "streamBoard",
-                "The board's events, as Server-Sent Events",
-                "live",
-                {
-                    "200": _answer(
-                        200,
-                        "Endless: `retry:`, a snapshot (or the missed diffs), then a diff per change; "
-                        "`: heartbeat` comments while idle.",
-                        {"text/event-stream": {"schema": _ref("StreamEvent")}},
-                        stream_headers,
-                    )
-                },
-                parameters=[
-                    _request_header(
-                        "Last-Event-ID",
-                        "Resume after this `<epoch>:<seq>`: the missed diffs while held, nothing if up "
-                        "to date, else a snapshot.",
-                    )
-                ],
-            ),
-            "head": _op(
-                "streamBoardHead",
-                "The stream's headers, without subscribing",
-                "live",
-                {"200": _answer(200, "`Content-Type: text/event-stream`, no body.", headers=stream_headers)},
-            ),
-        },
+        "/scores/stream": _stream("streamBoard", "The default board", [], (), stream_headers),
+        "/api/boards/{board}/stream": _stream(
+            "streamBoardOf",
+            "A board",
+            [BOARD_PARAMETER],
+            (Code.BOARD_NOT_FOUND, Code.NOT_FOUND),
+            {"Cache-Control": _fixed("no-cache")},
+        ),
         "/ws": {
             "get": _op(
                 "openWebSocket",
@@ -606,12 +966,15 @@ def _operations(settings: Settings, shared: Json) -> Json:
     return paths
 
 
-def _preflight(operation_id: str, *, user: bool) -> Json:
+def _preflight(operation_id: str, *, user: bool, board: bool = False) -> Json:
     allowed = ", ".join(sorted(ALLOWED_HEADERS))
-    # The preflight of a standing answers for any id the path can carry.
-    parameters = (
-        [{"name": "userId", "in": "path", "required": True, "schema": {"type": "string"}}] if user else []
-    )
+    # The preflight of a path with ids answers for any id the path can carry.
+    parameters: list[Json] = []
+    if board:  # a preflight answers for any board id: the GET then says 404
+        parameters.append({"name": "board", "in": "path", "required": True, "schema": {"type": "string"}})
+    if user:
+        parameters.append({"name": "userId", "in": "path", "required": True, "schema": {"type": "string"}})
+    user = user or board
     return _op(
         operation_id,
         "CORS preflight: what a page from `Origin` may do",
@@ -645,8 +1008,9 @@ def _preflight(operation_id: str, *, user: bool) -> Json:
     )
 
 
-def describe(settings: Settings, catalog: Mapping[str, ActionType]) -> Json:
-    """The OpenAPI 3.1 document for a server with `settings` and `catalog`."""
+def describe(settings: Settings, catalog: Catalog) -> Json:
+    """The OpenAPI 3.1 document for a server with `settings` and `catalog` (its boards and actions)."""
+    boards = list(catalog.boards)
     cors = bool(settings.cors)
     shared = (
         {
@@ -657,12 +1021,13 @@ def describe(settings: Settings, catalog: Mapping[str, ActionType]) -> Json:
         else {}
     )
     paths: Json = {
-        "/scores/update": {"post": _update("creditScore", "Credit one action, at most once")},
+        "/scores/update": {"post": _update("creditScore", "Credit one action, at most once", boards)},
         "/api/score/update": {
-            "post": _update("creditScoreApi", "Credit one action (as POST /scores/update)")
+            "post": _update("creditScoreApi", "Credit one action (as POST /scores/update)", boards)
         },
         "/api/actions": {"post": _start_action()},
         **_reads(shared),
+        **_boards(boards),
         **_live(shared),
         **_operations(settings, shared),
     }
@@ -671,6 +1036,16 @@ def describe(settings: Settings, catalog: Mapping[str, ActionType]) -> Json:
         paths["/api/users/{userId}"]["options"] = _preflight("preflightUser", user=True)
         paths["/scores/stream"]["options"] = _preflight("preflightStream", user=False)
         paths[OPENAPI_PATH]["options"] = _preflight("preflightOpenapi", user=False)
+        paths["/api/boards"]["options"] = _preflight("preflightBoards", user=False)
+        paths["/api/boards/{board}/scores"]["options"] = _preflight(
+            "preflightBoardScores", user=False, board=True
+        )
+        paths["/api/boards/{board}/users/{userId}"]["options"] = _preflight(
+            "preflightBoardUser", user=True, board=True
+        )
+        paths["/api/boards/{board}/stream"]["options"] = _preflight(
+            "preflightBoardStream", user=False, board=True
+        )
     return {
         "openapi": "3.1.0",
         "info": {
@@ -681,8 +1056,9 @@ def describe(settings: Settings, catalog: Mapping[str, ActionType]) -> Json:
         },
         "tags": [
             {"name": "scores", "description": "Crediting scores (with a token)."},
-            {"name": "board", "description": "Reading the board (public)."},
-            {"name": "live", "description": "Following the board as it changes."},
+            {"name": "board", "description": "Reading the boards (public)."},
+            {"name": "seasons", "description": "Ending seasons (admins)."},
+            {"name": "live", "description": "Following a board as it changes."},
             {"name": "page", "description": "The live page."},
             {"name": "operations", "description": "Health, readiness, metrics, this document."},
             {"name": "cors", "description": "Cross-origin preflights of the public reads."},
@@ -714,8 +1090,8 @@ def describe(settings: Settings, catalog: Mapping[str, ActionType]) -> Json:
                     "type": "http",
                     "scheme": "bearer",
                     "bearerFormat": "JWT",
-                    "description": "Claims: `sub` (the user id), `role` (`player`, the default, or "
-                    "`service`), `name` or `preferred_username` (the display name), `exp`. HS256 with the "
+                    "description": "Claims: `sub` (the user id), `role` (`player`, the default, `service` "
+                    "or `admin`), `name` or `preferred_username` (the display name), `exp`. HS256 with the "
                     "server's secret, or the keys of the configured identity provider.",
                 }
             },

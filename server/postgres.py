@@ -1,33 +1,41 @@
 """PostgreSQL store on an asyncpg pool (the production store).
 
-Each batch is one transaction of three statements: a ledger lookup by
-`action_id = ANY($1)`, a set-based user upsert over `unnest` arrays, and a
-set-based ledger insert. If another process inserted one of the batch's action
-ids between the lookup and the insert, the unique constraint aborts the
-transaction and the batch is planned again, so nothing is credited twice even
-with two writers.
+Each batch is one transaction: a ledger lookup by `action_id = ANY($1)`, the
+boards' version counters taken (which locks their rows, so a season end and
+a batch never interleave), the written records read `FOR UPDATE`, then
+set-based upserts and inserts over `unnest` arrays. If another process
+inserted one of the batch's action ids between the lookup and the insert,
+the unique constraint aborts the transaction and the batch is planned again,
+so nothing is credited twice even with two writers.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import asyncpg
 
-from .board import Entry
+from .board import Entry, sort_key
+from .catalog import BOARD_ID, BoardSpec
 from .store import (
     BatchResult,
+    BoardState,
+    CreditRow,
     DataRefused,
-    LedgerRow,
+    Record,
+    SeasonChange,
     StorageError,
+    StoredAction,
     Update,
     UserStanding,
-    finish_batch,
+    apply_plan,
+    committed_values,
     plan_batch,
 )
 
-# (version, statements). Applied in order under an advisory lock.
+# (version, statements). Applied in order under an advisory lock; `{default}`
+# is the board that receives a version-1 database's scores.
 MIGRATIONS: list[tuple[int, str]] = [
     (
         1,
@@ -52,60 +60,166 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX scores_log_by_user ON scores_log (user_id, id);
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE boards (
+            id          text COLLATE "C" PRIMARY KEY,
+            season      integer NOT NULL,
+            version     bigint NOT NULL,
+            started_at  bigint NOT NULL,
+            ends_at     bigint,
+            reset       text NOT NULL DEFAULT ''
+        );
+        CREATE TABLE seasons (
+            board       text COLLATE "C" NOT NULL,
+            season      integer NOT NULL,
+            started_at  bigint NOT NULL,
+            ended_at    bigint,
+            PRIMARY KEY (board, season)
+        );
+        CREATE TABLE entries (
+            board       text COLLATE "C" NOT NULL,
+            season      integer NOT NULL,
+            user_id     text COLLATE "C" NOT NULL,
+            username    text,
+            score       bigint NOT NULL,
+            sort_key    bigint NOT NULL,
+            reached_at  bigint NOT NULL,
+            metadata    text,
+            updated_at  bigint NOT NULL,
+            PRIMARY KEY (board, season, user_id)
+        );
+        CREATE INDEX entries_by_rank ON entries (board, season, sort_key, reached_at, user_id);
+        CREATE TABLE actions (
+            action_id   text COLLATE "C" PRIMARY KEY,
+            user_id     text COLLATE "C" NOT NULL,
+            source      text NOT NULL CHECK (source IN ('player', 'service')),
+            created_at  bigint NOT NULL
+        );
+        CREATE TABLE credits (
+            action_id   text COLLATE "C" NOT NULL,
+            board       text COLLATE "C" NOT NULL,
+            season      integer NOT NULL,
+            user_id     text COLLATE "C" NOT NULL,
+            value       bigint NOT NULL,
+            score_after bigint NOT NULL,
+            improved    boolean NOT NULL,
+            PRIMARY KEY (action_id, board)
+        );
+        CREATE INDEX credits_by_entry ON credits (board, season, user_id);
+        INSERT INTO entries
+            (board, season, user_id, username, score, sort_key, reached_at, metadata, updated_at)
+            SELECT '{default}', 1, id, username, score, ~score, reached_at, NULL, updated_at FROM users;
+        INSERT INTO actions (action_id, user_id, source, created_at)
+            SELECT action_id, user_id, source, created_at FROM scores_log ORDER BY id;
+        INSERT INTO credits (action_id, board, season, user_id, value, score_after, improved)
+            SELECT action_id, '{default}', 1, user_id, delta, score_after, true FROM scores_log;
+        DROP TABLE scores_log;
+        DROP TABLE users;
+        """,
+    ),
 ]
 _MIGRATION_LOCK = 0x5C0EB0A4D
 
-_EXISTING = """
-SELECT action_id, user_id, delta, score_after FROM scores_log WHERE action_id = ANY($1::text[])
+# Every query is a constant: no value is ever formatted into SQL text.
+_ACTIONS = "SELECT action_id, user_id FROM actions WHERE action_id = ANY($1::text[])"
+_CREDITS = """
+SELECT action_id, board, season, user_id, value, score_after, improved FROM credits
+WHERE action_id = ANY($1::text[])
 """
-_UPSERT_USERS = """
-INSERT INTO users AS t (id, username, score, reached_at, updated_at)
-SELECT u.id, u.username, u.delta, u.reached_at, $5
-FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS u(id, username, delta, reached_at)
-ON CONFLICT (id) DO UPDATE SET
-    score = t.score + EXCLUDED.score,
-    username = COALESCE(EXCLUDED.username, t.username),
+_TAKE_VERSIONS = """
+UPDATE boards SET version = version + 1 WHERE id = ANY($1::text[]) RETURNING id, season, version
+"""
+_CURRENT = """
+SELECT e.user_id, e.username, e.score, e.reached_at, e.metadata, e.board
+FROM unnest($1::text[], $2::integer[], $3::text[]) AS k(board, season, user_id)
+JOIN entries e ON e.board = k.board AND e.season = k.season AND e.user_id = k.user_id
+ORDER BY e.board, e.user_id
+FOR UPDATE OF e
+"""
+_UPSERT_ENTRIES = """
+INSERT INTO entries AS t (board, season, user_id, username, score, sort_key, reached_at, metadata, updated_at)
+SELECT u.*, $9 FROM unnest(
+    $1::text[], $2::integer[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::text[]
+) AS u(board, season, user_id, username, score, sort_key, reached_at, metadata)
+ON CONFLICT (board, season, user_id) DO UPDATE SET
+    username = EXCLUDED.username,
+    score = EXCLUDED.score,
+    sort_key = EXCLUDED.sort_key,
     reached_at = EXCLUDED.reached_at,
+    metadata = EXCLUDED.metadata,
     updated_at = EXCLUDED.updated_at
-RETURNING id, COALESCE(username, id), score, reached_at
 """
-_INSERT_LEDGER = """
-INSERT INTO scores_log (action_id, user_id, delta, score_after, source, created_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[])
+_INSERT_ACTIONS = """
+INSERT INTO actions (action_id, user_id, source, created_at)
+SELECT *, $4 FROM unnest($1::text[], $2::text[], $3::text[])
+"""
+_INSERT_CREDITS = """
+INSERT INTO credits (action_id, board, season, user_id, value, score_after, improved)
+SELECT * FROM unnest(
+    $1::text[], $2::text[], $3::integer[], $4::text[], $5::bigint[], $6::bigint[], $7::boolean[]
+)
 """
 _TOP = """
-SELECT id, COALESCE(username, id), score, reached_at FROM users
-ORDER BY score DESC, reached_at, id LIMIT $1
+SELECT user_id, username, score, reached_at, metadata FROM entries WHERE board = $1 AND season = $2
+ORDER BY sort_key, reached_at, user_id LIMIT $3
 """
 _STANDING = """
-SELECT u.id, COALESCE(u.username, u.id), u.score, u.reached_at,
-       (SELECT count(*) FROM users WHERE score > u.score)
-     + (SELECT count(*) FROM users
-        WHERE score = u.score AND (reached_at < u.reached_at OR (reached_at = u.reached_at AND id < u.id)))
+SELECT user_id, username, score, reached_at, metadata,
+       (SELECT count(*) FROM entries o
+        WHERE o.board = e.board AND o.season = e.season AND o.sort_key < e.sort_key)
+     + (SELECT count(*) FROM entries o
+        WHERE o.board = e.board AND o.season = e.season AND o.sort_key = e.sort_key
+          AND (o.reached_at < e.reached_at OR (o.reached_at = e.reached_at AND o.user_id < e.user_id)))
      + 1 AS rank
-FROM users u WHERE u.id = $1
+FROM entries e WHERE e.board = $1 AND e.season = $2 AND e.user_id = $3
 """
+_BOARD = "SELECT id, season, version, started_at, ends_at, reset FROM boards WHERE id = $1"
 _CONFLICT_RETRIES = 3
+_Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
-def _entry(row: asyncpg.Record) -> Entry:
-    return Entry(user_id=row[0], username=row[1], score=row[2], reached_at=row[3])
+def _record(row: asyncpg.Record) -> Record:
+    metadata = row[4]
+    return Record(row[0], row[1], row[2], row[3], None if metadata is None else metadata.encode())
+
+
+def _state_missing(board: str) -> BoardState:
+    raise StorageError(f"postgresql: the row of board {board!r} vanished")
+
+
+def _state(row: asyncpg.Record) -> BoardState:
+    return BoardState(row[0], row[1], row[2], row[3], row[4], row[5])
 
 
 class PostgresStore:
     """The Store interface on a PostgreSQL database."""
 
-    def __init__(self, pool: asyncpg.Pool, *, timeout_s: float) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, boards: Mapping[str, BoardSpec], default_board: str, timeout_s: float
+    ) -> None:
         self._pool = pool
+        self._specs = dict(boards)
+        self._default_board = default_board
         self._timeout_s = timeout_s
         self._closed = False
 
     @classmethod
     async def open(
-        cls, url: str, *, timeout_s: float = 5.0, pool_min: int = 1, pool_max: int = 4
+        cls,
+        url: str,
+        *,
+        boards: Mapping[str, BoardSpec] | None = None,
+        default_board: str = "global",
+        timeout_s: float = 5.0,
+        pool_min: int = 1,
+        pool_max: int = 4,
     ) -> PostgresStore:
         """Create the pool and apply migrations."""
+        if not BOARD_ID.match(default_board):
+            raise ValueError(f"invalid board id {default_board!r}")
         try:
             pool = await asyncpg.create_pool(
                 url,
@@ -126,7 +240,7 @@ class PostgresStore:
             )
         except _DRIVER_ERRORS as exc:
             raise StorageError(f"postgresql: {exc}") from exc
-        store = cls(pool, timeout_s=timeout_s)
+        store = cls(pool, boards=boards or {}, default_board=default_board, timeout_s=timeout_s)
         try:
             await store._migrate()
         except BaseException:
@@ -146,7 +260,8 @@ class PostgresStore:
                 for version, script in MIGRATIONS:
                     if version in done:
                         continue
-                    await con.execute(script)
+                    # The board id is checked against BOARD_ID ([a-z0-9_-]) above.
+                    await con.execute(script.replace("{default}", self._default_board))
                     await con.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
         except _DRIVER_ERRORS as exc:
             raise StorageError(f"postgresql: {exc}") from exc
@@ -159,7 +274,7 @@ class PostgresStore:
             except asyncpg.UniqueViolationError:
                 if attempt == _CONFLICT_RETRIES - 1:
                     raise StorageError("postgresql: action ids kept colliding with another writer") from None
-            except asyncpg.NumericValueOutOfRangeError as exc:  # a score sum past bigint
+            except asyncpg.NumericValueOutOfRangeError as exc:  # a value past bigint
                 raise DataRefused(f"postgresql: {exc}", overflow=True) from exc
             except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                 # Class 22 (NUL in text, a value asyncpg cannot encode: lone
@@ -169,51 +284,177 @@ class PostgresStore:
                 raise StorageError(f"postgresql: {exc}") from exc
         raise AssertionError("unreachable")
 
+    async def _existing(self, con: _Connection, action_ids: list[str]) -> dict[str, StoredAction]:
+        users = {r[0]: r[1] for r in await con.fetch(_ACTIONS, action_ids)}
+        if not users:
+            return {}
+        credits: dict[str, dict[str, CreditRow]] = {}
+        for r in await con.fetch(_CREDITS, list(users)):
+            credits.setdefault(r[0], {})[r[1]] = CreditRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6])
+        return {a: StoredAction(u, credits.get(a, {})) for a, u in users.items()}
+
     async def _apply(self, batch: Sequence[Update], stamps: Sequence[int], now_us: int) -> BatchResult:
         async with self._pool.acquire() as con, con.transaction():
-            rows = await con.fetch(_EXISTING, [u.action_id for u in batch])
-            existing = {r[0]: LedgerRow(r[0], r[1], r[2], r[3]) for r in rows}
-            plan = plan_batch(batch, stamps, existing)
-            standings: dict[str, Entry] = {}
-            if plan.users:
-                users = plan.users
-                returned = await con.fetch(
-                    _UPSERT_USERS,
-                    [d.user_id for d in users],
-                    [d.username for d in users],
-                    [d.delta for d in users],
-                    [d.reached_at for d in users],
+            plan = plan_batch(batch, await self._existing(con, [u.action_id for u in batch]))
+            boards = plan.boards()
+            seasons: dict[str, int] = {}
+            versions: dict[str, int] = {}
+            if boards:
+                for row in await con.fetch(_TAKE_VERSIONS, boards):
+                    seasons[row[0]], versions[row[0]] = row[1], row[2]
+                missing = [b for b in boards if b not in versions or b not in self._specs]
+                if missing:
+                    raise DataRefused(f"there is no board {missing[0]!r}")
+            keys = plan.keys(seasons)
+            current: dict[tuple[str, str], Record] = {}
+            if keys:
+                rows = await con.fetch(
+                    _CURRENT, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
+                )
+                current = {(r[5], r[0]): _record(r) for r in rows}
+            applied = apply_plan(plan, stamps, self._specs, seasons, current)
+            if applied.records:
+                items = sorted(applied.records.items())
+                await con.execute(
+                    _UPSERT_ENTRIES,
+                    [b for (b, _), _r in items],
+                    [seasons[b] for (b, _), _r in items],
+                    [r.user_id for _, r in items],
+                    [r.username for _, r in items],
+                    [r.score for _, r in items],
+                    [sort_key(r.score, self._specs[b].desc) for (b, _), r in items],
+                    [r.reached_at for _, r in items],
+                    [None if r.metadata is None else r.metadata.decode() for _, r in items],
                     now_us,
                 )
-                standings = {r[0]: _entry(r) for r in returned}
-            result = finish_batch(plan, standings, now_us)
-            if result.ledger:
-                ledger = result.ledger
+            if plan.fresh:
+                fresh = [batch[i] for i in plan.fresh]
                 await con.execute(
-                    _INSERT_LEDGER,
-                    [r.action_id for r in ledger],
-                    [r.user_id for r in ledger],
-                    [r.delta for r in ledger],
-                    [r.score_after for r in ledger],
-                    [r.source for r in ledger],
-                    [r.created_at for r in ledger],
+                    _INSERT_ACTIONS,
+                    [u.action_id for u in fresh],
+                    [u.user_id for u in fresh],
+                    [u.source.value for u in fresh],
+                    now_us,
                 )
-        return result
+                ledger = applied.ledger
+                await con.execute(
+                    _INSERT_CREDITS,
+                    [c.action_id for c in ledger],
+                    [c.board for c in ledger],
+                    [c.season for c in ledger],
+                    [c.user_id for c in ledger],
+                    [c.value for c in ledger],
+                    [c.score_after for c in ledger],
+                    [c.improved for c in ledger],
+                )
+            tops: dict[str, list[Entry]] = {}
+            for board in versions:
+                spec = self._specs[board]
+                if not spec.monotonic:
+                    tops[board] = [
+                        _record(r).entry() for r in await con.fetch(_TOP, board, seasons[board], spec.top_k)
+                    ]
+        return BatchResult(
+            applied.results, committed_values(applied, seasons, versions, tops), applied.ledger
+        )
 
-    async def top(self, k: int) -> list[Entry]:
-        """The best `k` users."""
+    async def ensure_board(self, spec: BoardSpec, now_s: int, ends_at: int | None) -> BoardState:
+        """The board's row, created at season 1 if new (see `Store.ensure_board`)."""
         try:
-            return [_entry(r) for r in await self._pool.fetch(_TOP, k)]
+            async with self._pool.acquire() as con, con.transaction():
+                await con.execute(
+                    "INSERT INTO boards (id, season, version, started_at, ends_at, reset) "
+                    "VALUES ($1, 1, 0, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+                    spec.id,
+                    now_s,
+                    ends_at,
+                    spec.reset,
+                )
+                await con.execute(
+                    "INSERT INTO seasons (board, season, started_at) VALUES ($1, 1, $2) "
+                    "ON CONFLICT DO NOTHING",
+                    spec.id,
+                    now_s,
+                )
+                row = await con.fetchrow(_BOARD + " FOR UPDATE", spec.id)
+                if row is None:
+                    raise StorageError(f"postgresql: the row of board {spec.id!r} vanished")
+                if row[5] != spec.reset:
+                    await con.execute(
+                        "UPDATE boards SET reset = $1, ends_at = $2 WHERE id = $3",
+                        spec.reset,
+                        ends_at,
+                        spec.id,
+                    )
+                    row = await con.fetchrow(_BOARD, spec.id)
+                return _state(row) if row is not None else _state_missing(spec.id)
         except _DRIVER_ERRORS as exc:
             raise StorageError(f"postgresql: {exc}") from exc
 
-    async def standing(self, user_id: str) -> UserStanding | None:
+    async def end_season(
+        self, spec: BoardSpec, season: int, ended_at: int, ends_at: int | None
+    ) -> SeasonChange | None:
+        """End `season` and start the next; None if it is not current (see `Store.end_season`)."""
+        try:
+            async with self._pool.acquire() as con, con.transaction():
+                row = await con.fetchrow(
+                    "UPDATE boards SET season = season + 1, version = version + 1, started_at = $1, "
+                    "ends_at = $2 WHERE id = $3 AND season = $4 RETURNING season, version",
+                    ended_at,
+                    ends_at,
+                    spec.id,
+                    season,
+                )
+                if row is None:
+                    return None
+                await con.execute(
+                    "UPDATE seasons SET ended_at = $1 WHERE board = $2 AND season = $3",
+                    ended_at,
+                    spec.id,
+                    season,
+                )
+                await con.execute(
+                    "INSERT INTO seasons (board, season, started_at) VALUES ($1, $2, $3)",
+                    spec.id,
+                    row[0],
+                    ended_at,
+                )
+                # Keep `archive` finished seasons; the ledger keeps every credit.
+                oldest_kept = season - spec.archive + 1
+                await con.execute(
+                    "DELETE FROM entries WHERE board = $1 AND season < $2", spec.id, oldest_kept
+                )
+                await con.execute(
+                    "DELETE FROM seasons WHERE board = $1 AND season < $2", spec.id, oldest_kept
+                )
+                return SeasonChange(spec.id, season, row[0], row[1], ended_at, ends_at)
+        except _DRIVER_ERRORS as exc:
+            raise StorageError(f"postgresql: {exc}") from exc
+
+    async def season_started(self, board: str, season: int) -> int | None:
+        """When a kept season started, or None."""
+        try:
+            value = await self._pool.fetchval(
+                "SELECT started_at FROM seasons WHERE board = $1 AND season = $2", board, season
+            )
+        except _DRIVER_ERRORS as exc:
+            raise StorageError(f"postgresql: {exc}") from exc
+        return None if value is None else int(value)
+
+    async def top(self, board: str, season: int, k: int) -> list[Entry]:
+        """The best `k` entries of a board's season."""
+        try:
+            return [_record(r).entry() for r in await self._pool.fetch(_TOP, board, season, k)]
+        except _DRIVER_ERRORS as exc:
+            raise StorageError(f"postgresql: {exc}") from exc
+
+    async def standing(self, board: str, season: int, user_id: str) -> UserStanding | None:
         """A user's entry and rank."""
         try:
-            row = await self._pool.fetchrow(_STANDING, user_id)
+            row = await self._pool.fetchrow(_STANDING, board, season, user_id)
         except _DRIVER_ERRORS as exc:
             raise StorageError(f"postgresql: {exc}") from exc
-        return None if row is None else UserStanding(_entry(row), row[4])
+        return None if row is None else UserStanding(_record(row).entry(), row[5])
 
     async def ping(self) -> None:
         """Check that a pooled connection answers."""

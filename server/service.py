@@ -1,10 +1,11 @@
 """The use cases, independent of transport: start an action, credit a score,
-read the board and a user's standing.
+read boards and a user's standing, end a season.
 
 An update travels in a straight line: the transport authenticates and parses
-JSON, `prepare_update` validates and authorises it into a store `Update`,
-the writer commits it in a batch, `record_commit` moves the board, and the
-transport answers with the result and the board.
+JSON, `credit` validates and authorises it into a store `Update` and queues
+it, the writer commits it in a batch, `record_commit` hands the committed
+values to the board hubs, and `PendingCredit.answer` gives the one answer
+shape every transport sends.
 """
 
 from __future__ import annotations
@@ -13,20 +14,34 @@ import asyncio
 import logging
 import math
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .board import Board
-from .catalog import ActionType
+from .board import Entry
+from .catalog import Catalog
 from .errors import Code, ScoreboardError
+from .hub import Hub, Hubs
+from .identity import Identity, Role
 from .logs import request_id
 from .ratelimit import RateLimiter
-from .store import BatchResult, Outcome, Result, Source, StorageError, Store, Update, UserStanding
+from .store import (
+    BatchResult,
+    Outcome,
+    Result,
+    SeasonChange,
+    Source,
+    StorageError,
+    Store,
+    Update,
+    UserStanding,
+)
 from .tickets import Ticket, TicketKeys, check_window, parse_ticket, sign_ticket
-from .tokens import Identity, Role
-from .validation import parse_action_start, parse_update
+from .validation import UpdateBody, parse_action_start, parse_update
 from .writer import Writer
+
+if TYPE_CHECKING:
+    from .seasons import Seasons
 
 events = logging.getLogger("scoreboard.events")
 
@@ -62,16 +77,19 @@ class CreditAnswer:
 
     status: int
     body: dict[str, Any]
+    # Whether the update wrote the default board (HTTP then adds its `topUsers`).
+    default_board: bool = True
 
 
 class PendingCredit:
     """An update handed to the writer; `answer()` waits for what to tell the client."""
 
-    __slots__ = ("_future", "_prepared")
+    __slots__ = ("_default", "_future", "_prepared")
 
-    def __init__(self, prepared: Prepared, future: asyncio.Future[Result] | None) -> None:
+    def __init__(self, prepared: Prepared, future: asyncio.Future[Result] | None, default: str) -> None:
         self._prepared = prepared
         self._future = future
+        self._default = default
 
     @property
     def update(self) -> Update:
@@ -81,21 +99,24 @@ class PendingCredit:
     async def answer(self) -> CreditAnswer:
         """The answer once committed (at once with ACK=memory); raises ScoreboardError."""
         update = self._prepared.update
+        writes_default = any(board == self._default for board, _ in update.scores)
         if self._future is None:
             return CreditAnswer(
                 202,
                 {"success": True, "accepted": True, "userId": update.user_id, "actionId": update.action_id},
+                writes_default,
             )
         result = ScoreService.answer(self._prepared, await self._future)
-        return CreditAnswer(
-            200,
-            {
-                "success": True,
-                "userId": result.user_id,
-                "newScore": result.new_score,
-                "duplicate": result.outcome is Outcome.DUPLICATE,
-            },
-        )
+        body: dict[str, Any] = {"success": True, "userId": result.user_id}
+        default = result.boards.get(self._default)
+        if default is not None:
+            body["newScore"] = default.score
+        body["duplicate"] = result.outcome is Outcome.DUPLICATE
+        body["boards"] = {
+            board: {"season": c.season, "score": c.score, "improved": c.improved}
+            for board, c in result.boards.items()
+        }
+        return CreditAnswer(200, body, default is not None)
 
 
 class ScoreService:
@@ -104,10 +125,10 @@ class ScoreService:
     def __init__(
         self,
         *,
-        board: Board,
+        hubs: Hubs,
         writer: Writer,
         store: Store,
-        catalog: Mapping[str, ActionType],
+        catalog: Catalog,
         ticket_keys: TicketKeys,
         clock: Callable[[], float],
         max_delta: int,
@@ -117,10 +138,13 @@ class ScoreService:
         player_updates_per_min: int = 60,
         player_actions_per_min: int = 60,
         new_action_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        seasons: Seasons | None = None,
     ) -> None:
-        self.board = board
+        self.seasons = seasons
+        self.hubs = hubs
         self.store = store
         self._catalog = catalog
+        self._default = catalog.default
         self._ticket_keys = ticket_keys
         self._clock = clock
         self._max_delta = max_delta
@@ -152,7 +176,7 @@ class ScoreService:
         """Issue a ticket for one action of the type named in `body`."""
         self._limit_player(identity, "a", self._actions_per_min, "action starts")
         name = parse_action_start(body)
-        action = self._catalog.get(name)
+        action = self._catalog.actions.get(name)
         if action is None:
             raise ScoreboardError(
                 Code.UNKNOWN_ACTION_TYPE, f"There is no action type '{name}'.", field="type"
@@ -168,39 +192,75 @@ class ScoreService:
                     retry_after=wait,
                 )
         issued = math.floor(now)
+        # An action on the default board alone gets a ticket with `points`,
+        # as before boards existed; others name their boards in `scores`.
+        alone = action.boards in ((), (self._default,))
         ticket = Ticket(
             action_id=self._new_action_id(),
             user_id=identity.user_id,
-            points=action.points,
+            points=action.points if alone else None,
             not_before=issued + action.min_duration_s,
             expires_at=issued + action.ttl_s,
             action_type=name,
+            scores=None if alone else tuple(sorted((b, action.points) for b in action.boards)),
         )
         return ActionStart(
             action_id=ticket.action_id,
             ticket=sign_ticket(self._ticket_keys, ticket),
-            reward=ticket.points,
+            reward=action.points,
             not_before=ticket.not_before,
             expires_at=ticket.expires_at,
         )
 
     # -- updates ---------------------------------------------------------
 
+    def _checked(self, scores: tuple[tuple[str, int], ...], field: str) -> tuple[tuple[str, int], ...]:
+        """`scores` if every board exists and every value is within its board's bounds."""
+        for board, value in scores:
+            hub = self.hubs.find(board)
+            if hub is None:
+                raise ScoreboardError(
+                    Code.UNKNOWN_BOARD, f"There is no board '{board}'.", field=f"{field}.{board}"
+                )
+            spec = hub.spec
+            if not spec.min_value <= value <= spec.max_value:
+                raise ScoreboardError(
+                    Code.OUT_OF_RANGE,
+                    f"The value for board '{board}' must be from {spec.min_value} to {spec.max_value}.",
+                    field=f"{field}.{board}" if field == "scores" else field,
+                )
+        return scores
+
     def prepare_update(self, identity: Identity, body: object) -> Prepared:
         """Validate and authorise an update body; raises ScoreboardError."""
+        if identity.role is Role.ADMIN:
+            raise ScoreboardError(
+                Code.FORBIDDEN, "Admin tokens moderate boards; credit scores with a player or service token."
+            )
         parsed = parse_update(body, identity.role, max_delta=self._max_delta)
         if identity.role is Role.SERVICE:
-            if parsed.user_id is None or parsed.score_delta is None:
-                raise AssertionError("service bodies always carry userId and scoreDelta")
+            if parsed.user_id is None:
+                raise AssertionError("service bodies always carry userId")
+            if parsed.scores is not None:
+                scores = self._checked(parsed.scores, "scores")
+            elif parsed.score_delta is not None:
+                scores = self._checked(((self._default, parsed.score_delta),), "scoreDelta")
+            else:
+                raise AssertionError("service bodies carry scoreDelta or scores")
             update = Update(
                 parsed.action_id,
                 parsed.user_id,
                 parsed.username,
-                parsed.score_delta,
+                scores,
                 Source.SERVICE,
+                metadata=parsed.metadata,
                 request_id=request_id.get(),
             )
             return Prepared(update)
+        return self._player_update(identity, parsed)
+
+    def _player_update(self, identity: Identity, parsed: UpdateBody) -> Prepared:
+        """A player's update: what its ticket proves, nothing more."""
         if parsed.user_id is not None and parsed.user_id != identity.user_id:
             raise ScoreboardError(Code.FORBIDDEN, "Players can only credit their own score.", field="userId")
         if parsed.ticket is None:
@@ -215,9 +275,17 @@ class ScoreService:
         if parsed.score_delta is not None and parsed.score_delta != ticket.points:
             raise ScoreboardError(
                 Code.DELTA_MISMATCH,
-                f"'scoreDelta' must equal the ticket's points ({ticket.points}) or be left out.",
+                f"'scoreDelta' must equal the ticket's points ({ticket.points}) or be left out."
+                if ticket.points is not None
+                else "This ticket credits several boards: leave 'scoreDelta' out.",
                 field="scoreDelta",
             )
+        if ticket.scores is not None:
+            scores = self._checked(ticket.scores, "scores")
+        elif ticket.points is not None:
+            scores = self._checked(((self._default, ticket.points),), "ticket")
+        else:
+            raise AssertionError("a ticket carries points or scores")
         refusal = check_window(ticket, self._clock())
         if refusal is not None and refusal.code is Code.TICKET_NOT_YET_VALID:
             raise refusal
@@ -225,8 +293,9 @@ class ScoreService:
             ticket.action_id,
             identity.user_id,
             identity.name,
-            ticket.points,
+            scores,
             Source.PLAYER,
+            metadata=ticket.metadata,
             allow_credit=refusal is None,
             request_id=request_id.get(),
         )
@@ -249,8 +318,8 @@ class ScoreService:
             if prepared.if_new is not None:
                 raise prepared.if_new
             self.writer.submit(prepared.update).add_done_callback(_log_unacknowledged)
-            return PendingCredit(prepared, None)
-        return PendingCredit(prepared, self.writer.submit(prepared.update))
+            return PendingCredit(prepared, None, self._default)
+        return PendingCredit(prepared, self.writer.submit(prepared.update), self._default)
 
     @staticmethod
     def answer(prepared: Prepared, result: Result) -> Result:
@@ -258,30 +327,69 @@ class ScoreService:
         if result.outcome is Outcome.CONFLICT:
             raise ScoreboardError(
                 Code.ACTION_CONFLICT,
-                "This actionId was already used for another user or score delta.",
+                "This actionId was already used for another user, other boards or other values.",
                 field="actionId",
             )
         if result.outcome is Outcome.NOT_CREDITED:
             raise prepared.if_new or ScoreboardError(Code.INTERNAL_ERROR, "The update was not credited.")
         return result
 
+    # -- seasons ---------------------------------------------------------
+
+    async def end_season(self, board: str, season: int) -> SeasonChange:
+        """End `season` of `board` now (an admin's reset); raises season_conflict if not current."""
+        if self.seasons is None:
+            raise AssertionError("the service was built without seasons")
+        return await self.seasons.force_end(board, season)
+
     # -- reads -----------------------------------------------------------
 
-    async def standing(self, user_id: str) -> UserStanding:
-        """A user's score and rank; raises user_not_found."""
-        rank = self.board.rank_of(user_id)
-        entry = self.board.get(user_id)
-        if rank is not None and entry is not None:
-            return UserStanding(entry, rank)
+    def _unavailable(self) -> ScoreboardError:
+        return ScoreboardError(
+            Code.STORAGE_UNAVAILABLE, "Storage is unavailable.", retry_after=self.retry_after_s
+        )
+
+    async def _season(self, hub: Hub, season: int | None) -> int:
+        """`season`, checked to be kept (404 season_not_found), or the current one."""
+        if season is None or season == hub.season:
+            return hub.season
+        if season < hub.season:
+            try:
+                if await self.store.season_started(hub.id, season) is not None:
+                    return season
+            except StorageError:
+                raise self._unavailable() from None
+        raise ScoreboardError(Code.SEASON_NOT_FOUND, f"Season {season} of board '{hub.id}' is not kept.")
+
+    async def top(self, board: str, season: int | None = None) -> tuple[Hub, int, list[Entry] | None]:
+        """A board's top K: None for the current season (the hub's encoded copy is current)."""
+        hub = self.hubs.get(board)
+        number = await self._season(hub, season)
+        if number == hub.season:
+            return hub, number, None
         try:
-            found = await self.store.standing(user_id)
+            return hub, number, await self.store.top(hub.id, number, hub.spec.top_k)
         except StorageError:
-            raise ScoreboardError(
-                Code.STORAGE_UNAVAILABLE, "Storage is unavailable.", retry_after=self.retry_after_s
-            ) from None
+            raise self._unavailable() from None
+
+    async def standing(
+        self, user_id: str, board: str | None = None, season: int | None = None
+    ) -> tuple[Hub, int, UserStanding]:
+        """A user's entry and rank on a board's season (default: the default board's current one)."""
+        hub = self.hubs.default if board is None else self.hubs.get(board)
+        number = await self._season(hub, season)
+        if number == hub.season:
+            rank = hub.board.rank_of(user_id)
+            entry = hub.board.get(user_id)
+            if rank is not None and entry is not None:
+                return hub, number, UserStanding(entry, rank)
+        try:
+            found = await self.store.standing(hub.id, number, user_id)
+        except StorageError:
+            raise self._unavailable() from None
         if found is None:
             raise ScoreboardError(Code.USER_NOT_FOUND, f"No score is recorded for user '{user_id}'.")
-        return found
+        return hub, number, found
 
 
 def _log_unacknowledged(future: asyncio.Future[Result]) -> None:
@@ -291,14 +399,14 @@ def _log_unacknowledged(future: asyncio.Future[Result]) -> None:
         events.warning("unacknowledged_update_failed", extra={"fields": {"error": repr(future.exception())}})
 
 
-def record_commit(board: Board, updates: Sequence[Update], batch: BatchResult) -> None:
-    """Move the board and log the events of a committed batch (the writer's on_commit)."""
-    for entry in batch.credited:
-        board.apply(entry)
+def record_commit(hubs: Hubs, updates: Sequence[Update], batch: BatchResult) -> None:
+    """Hand a committed batch's values to the hubs and log its events (the writer's on_commit)."""
+    hubs.apply(batch)
     if not events.isEnabledFor(logging.INFO):
         return
     if batch.ledger:
         request_ids = {u.action_id: u.request_id for u in updates}
+        sources = {u.action_id: u.source.value for u in updates}
         events.info(
             "score_credited",
             extra={
@@ -306,10 +414,13 @@ def record_commit(board: Board, updates: Sequence[Update], batch: BatchResult) -
                     {
                         "request_id": request_ids.get(row.action_id),
                         "user_id": row.user_id,
-                        "delta": row.delta,
+                        "board": row.board,
+                        "season": row.season,
+                        "value": row.value,
                         "score_after": row.score_after,
+                        "improved": row.improved,
                         "action_id": row.action_id,
-                        "source": row.source,
+                        "source": sources.get(row.action_id),
                     }
                     for row in batch.ledger
                 ]
@@ -326,6 +437,8 @@ def record_commit(board: Board, updates: Sequence[Update], batch: BatchResult) -
             )
 
 
-async def resync(board: Board, store: Store) -> None:
-    """Reload the board from the store (start-up, and after a storage outage)."""
-    board.replace(await store.top(board.k))
+async def resync(hubs: Hubs, store: Store, now_s: int) -> None:
+    """Reload every board from the store (after a storage outage)."""
+    for hub in hubs:
+        state = await store.ensure_board(hub.spec, now_s, hub.ends_at)
+        hub.reload(state, await store.top(hub.id, state.season, hub.spec.top_k))

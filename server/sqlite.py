@@ -14,26 +14,34 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from .board import Entry
+from .board import Entry, sort_key
+from .catalog import BoardSpec
 from .store import (
+    BatchPlan,
     BatchResult,
+    BoardState,
+    CreditRow,
     DataRefused,
-    LedgerRow,
+    Record,
+    SeasonChange,
     StorageError,
+    StoredAction,
     Update,
     UserStanding,
-    finish_batch,
+    apply_plan,
+    committed_values,
     plan_batch,
 )
 
 T = TypeVar("T")
 
 # One entry per schema version; PRAGMA user_version records how many ran.
+# `{default}` is the board that receives a version-1 database's scores.
 MIGRATIONS: list[str] = [
     """
     CREATE TABLE users (
@@ -55,31 +63,96 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX scores_log_by_user ON scores_log (user_id, id);
     """,
+    # Several boards and seasons: users become the default board's entries
+    # in season 1, and the ledger splits into actions and per-board credits.
+    """
+    CREATE TABLE boards (
+        id          TEXT PRIMARY KEY,
+        season      INTEGER NOT NULL,
+        version     INTEGER NOT NULL,
+        started_at  INTEGER NOT NULL,
+        ends_at     INTEGER,
+        reset       TEXT NOT NULL DEFAULT ''
+    ) WITHOUT ROWID;
+    CREATE TABLE seasons (
+        board       TEXT NOT NULL,
+        season      INTEGER NOT NULL,
+        started_at  INTEGER NOT NULL,
+        ended_at    INTEGER,
+        PRIMARY KEY (board, season)
+    ) WITHOUT ROWID;
+    CREATE TABLE entries (
+        board       TEXT NOT NULL,
+        season      INTEGER NOT NULL,
+        user_id     TEXT NOT NULL,
+        username    TEXT,
+        score       INTEGER NOT NULL,
+        sort_key    INTEGER NOT NULL,
+        reached_at  INTEGER NOT NULL,
+        metadata    TEXT,
+        updated_at  INTEGER NOT NULL,
+        PRIMARY KEY (board, season, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX entries_by_rank ON entries (board, season, sort_key, reached_at, user_id);
+    CREATE TABLE actions (
+        action_id   TEXT PRIMARY KEY,
+        user_id     TEXT NOT NULL,
+        source      TEXT NOT NULL CHECK (source IN ('player', 'service')),
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE credits (
+        action_id   TEXT NOT NULL,
+        board       TEXT NOT NULL,
+        season      INTEGER NOT NULL,
+        user_id     TEXT NOT NULL,
+        value       INTEGER NOT NULL,
+        score_after INTEGER NOT NULL,
+        improved    INTEGER NOT NULL,
+        PRIMARY KEY (action_id, board)
+    ) WITHOUT ROWID;
+    CREATE INDEX credits_by_entry ON credits (board, season, user_id);
+    INSERT INTO entries (board, season, user_id, username, score, sort_key, reached_at, metadata, updated_at)
+        SELECT :default, 1, id, username, score, ~score, reached_at, NULL, updated_at FROM users;
+    INSERT INTO actions (action_id, user_id, source, created_at)
+        SELECT action_id, user_id, source, created_at FROM scores_log ORDER BY id;
+    INSERT INTO credits (action_id, board, season, user_id, value, score_after, improved)
+        SELECT action_id, :default, 1, user_id, delta, score_after, 1 FROM scores_log;
+    DROP TABLE scores_log;
+    DROP TABLE users
+    """,
 ]
 
-_UPSERT_USER = """
-INSERT INTO users (id, username, score, reached_at, updated_at) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (id) DO UPDATE SET
-    score = users.score + excluded.score,
-    username = COALESCE(excluded.username, users.username),
+_UPSERT_ENTRY = """
+INSERT INTO entries (board, season, user_id, username, score, sort_key, reached_at, metadata, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (board, season, user_id) DO UPDATE SET
+    username = excluded.username,
+    score = excluded.score,
+    sort_key = excluded.sort_key,
     reached_at = excluded.reached_at,
+    metadata = excluded.metadata,
     updated_at = excluded.updated_at
-RETURNING id, COALESCE(username, id), score, reached_at
 """
-_INSERT_LEDGER = """
-INSERT INTO scores_log (action_id, user_id, delta, score_after, source, created_at)
-VALUES (?, ?, ?, ?, ?, ?)
+_INSERT_ACTION = "INSERT INTO actions (action_id, user_id, source, created_at) VALUES (?, ?, ?, ?)"
+_INSERT_CREDIT = """
+INSERT INTO credits (action_id, board, season, user_id, value, score_after, improved)
+VALUES (?, ?, ?, ?, ?, ?, ?)
 """
 _TOP = """
-SELECT id, COALESCE(username, id), score, reached_at FROM users
-ORDER BY score DESC, reached_at, id LIMIT ?
+SELECT user_id, username, score, reached_at, metadata FROM entries WHERE board = ? AND season = ?
+ORDER BY sort_key, reached_at, user_id LIMIT ?
 """
-_USER = "SELECT id, COALESCE(username, id), score, reached_at FROM users WHERE id = ?"
+_USER = """
+SELECT user_id, username, score, reached_at, metadata, sort_key FROM entries
+WHERE board = ? AND season = ? AND user_id = ?
+"""
 _RANK = """
-SELECT (SELECT count(*) FROM users WHERE score > ?1)
-     + (SELECT count(*) FROM users WHERE score = ?1 AND (reached_at < ?2 OR (reached_at = ?2 AND id < ?3)))
+SELECT (SELECT count(*) FROM entries WHERE board = ?1 AND season = ?2 AND sort_key < ?3)
+     + (SELECT count(*) FROM entries WHERE board = ?1 AND season = ?2 AND sort_key = ?3
+        AND (reached_at < ?4 OR (reached_at = ?4 AND user_id < ?5)))
      + 1
 """
+_BOARD = "SELECT id, season, version, started_at, ends_at, reset FROM boards WHERE id = ?"
 _CHUNK = 500
 
 
@@ -113,15 +186,33 @@ def _write_transaction(con: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
-def _entry(row: tuple[str, str, int, int]) -> Entry:
-    return Entry(user_id=row[0], username=row[1], score=row[2], reached_at=row[3])
+def _record(row: tuple[str, str | None, int, int, str | None]) -> Record:
+    return Record(row[0], row[1], row[2], row[3], None if row[4] is None else row[4].encode())
+
+
+def _metadata(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
+
+def _state(row: tuple[str, int, int, int, int | None, str]) -> BoardState:
+    return BoardState(row[0], row[1], row[2], row[3], row[4], row[5])
 
 
 class SqliteStore:
     """The Store interface on one SQLite file."""
 
-    def __init__(self, path: Path, *, timeout_s: float, synchronous: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        boards: Mapping[str, BoardSpec],
+        default_board: str,
+        timeout_s: float,
+        synchronous: str,
+    ) -> None:
         self._path = path
+        self._specs = dict(boards)
+        self._default_board = default_board
         self._timeout_s = timeout_s
         self._synchronous = synchronous
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
@@ -131,11 +222,25 @@ class SqliteStore:
         self._closed = False
 
     @classmethod
-    async def open(cls, url: str, *, timeout_s: float = 5.0, synchronous: str = "FULL") -> SqliteStore:
+    async def open(
+        cls,
+        url: str,
+        *,
+        boards: Mapping[str, BoardSpec] | None = None,
+        default_board: str = "global",
+        timeout_s: float = 5.0,
+        synchronous: str = "FULL",
+    ) -> SqliteStore:
         """Open the file (creating it, mode 0600, in an existing directory), apply migrations."""
         if synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
             raise ValueError("sqlite synchronous must be FULL, NORMAL or EXTRA")
-        store = cls(sqlite_path(url), timeout_s=timeout_s, synchronous=synchronous.upper())
+        store = cls(
+            sqlite_path(url),
+            boards=boards or {},
+            default_board=default_board,
+            timeout_s=timeout_s,
+            synchronous=synchronous.upper(),
+        )
         try:
             await store._on(store._writer, store._open_writer)
             await store._on(store._reader, store._open_reader)
@@ -169,13 +274,13 @@ class SqliteStore:
     def _open_reader(self) -> None:
         self._rcon = self._connect()
 
-    @staticmethod
-    def _migrate(con: sqlite3.Connection) -> None:
+    def _migrate(self, con: sqlite3.Connection) -> None:
         with _write_transaction(con):
             version: int = con.execute("PRAGMA user_version").fetchone()[0]
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in filter(str.strip, script.split(";")):
-                    con.execute(statement)
+                    params = {"default": self._default_board} if ":default" in statement else {}
+                    con.execute(statement, params)
                 con.execute(f"PRAGMA user_version = {number}")
 
     async def _on(self, executor: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
@@ -209,56 +314,174 @@ class SqliteStore:
         except UnicodeEncodeError as exc:  # lone surrogates cannot be encoded as UTF-8
             raise DataRefused(f"sqlite: {exc.reason}") from exc
 
+    def _existing(self, con: sqlite3.Connection, action_ids: list[str]) -> dict[str, StoredAction]:
+        users: dict[str, str] = {}
+        credits: dict[str, dict[str, CreditRow]] = {}
+        for chunk in _chunks(action_ids, _CHUNK):
+            marks = ",".join("?" * len(chunk))
+            for action_id, user_id in con.execute(
+                f"SELECT action_id, user_id FROM actions WHERE action_id IN ({marks})",  # noqa: S608
+                chunk,
+            ):
+                users[action_id] = user_id
+        found = list(users)
+        for chunk in _chunks(found, _CHUNK):
+            marks = ",".join("?" * len(chunk))
+            for row in con.execute(
+                "SELECT action_id, board, season, user_id, value, score_after, improved "  # noqa: S608
+                f"FROM credits WHERE action_id IN ({marks})",
+                chunk,
+            ):
+                credits.setdefault(row[0], {})[row[1]] = CreditRow(
+                    row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6])
+                )
+        return {a: StoredAction(u, credits.get(a, {})) for a, u in users.items()}
+
     def _apply(self, batch: Sequence[Update], stamps: Sequence[int], now_us: int) -> BatchResult:
         con = self._require(self._wcon)
         with _write_transaction(con):
-            existing: dict[str, LedgerRow] = {}
-            for chunk in _chunks([u.action_id for u in batch], _CHUNK):
-                marks = ",".join("?" * len(chunk))
-                query = (
-                    "SELECT action_id, user_id, delta, score_after FROM scores_log "  # noqa: S608
-                    f"WHERE action_id IN ({marks})"
-                )
-                for row in con.execute(query, chunk):
-                    existing[row[0]] = LedgerRow(row[0], row[1], row[2], row[3])
-            plan = plan_batch(batch, stamps, existing)
-            standings: dict[str, Entry] = {}
-            for d in plan.users:
+            plan: BatchPlan = plan_batch(batch, self._existing(con, sorted({u.action_id for u in batch})))
+            seasons: dict[str, int] = {}
+            versions: dict[str, int] = {}
+            for board in plan.boards():
                 row = con.execute(
-                    _UPSERT_USER, (d.user_id, d.username, d.delta, d.reached_at, now_us)
+                    "UPDATE boards SET version = version + 1 WHERE id = ? RETURNING season, version", (board,)
                 ).fetchone()
-                if not isinstance(row[2], int):
-                    # SQLite turns an INTEGER sum past 2^63-1 into a REAL
-                    # instead of failing; the transaction is rolled back.
-                    raise DataRefused(f"the score of {d.user_id!r} would exceed 2^63-1", overflow=True)
-                standings[row[0]] = _entry(row)
-            result = finish_batch(plan, standings, now_us)
+                if row is None or board not in self._specs:
+                    raise DataRefused(f"there is no board {board!r}")
+                seasons[board], versions[board] = row
+            current: dict[tuple[str, str], Record] = {}
+            for board, season, user_id in plan.keys(seasons):
+                found = con.execute(_USER, (board, season, user_id)).fetchone()
+                if found is not None:
+                    current[(board, user_id)] = _record(found[:5])
+            applied = apply_plan(plan, stamps, self._specs, seasons, current)
+            updated_at = now_us
             con.executemany(
-                _INSERT_LEDGER,
+                _UPSERT_ENTRY,
                 [
-                    (r.action_id, r.user_id, r.delta, r.score_after, r.source, r.created_at)
-                    for r in result.ledger
+                    (
+                        board,
+                        seasons[board],
+                        r.user_id,
+                        r.username,
+                        r.score,
+                        sort_key(r.score, self._specs[board].desc),
+                        r.reached_at,
+                        _metadata(r.metadata),
+                        updated_at,
+                    )
+                    for (board, _), r in sorted(applied.records.items())
                 ],
             )
-        return result
+            con.executemany(
+                _INSERT_ACTION,
+                [(batch[i].action_id, batch[i].user_id, batch[i].source.value, now_us) for i in plan.fresh],
+            )
+            con.executemany(
+                _INSERT_CREDIT,
+                [
+                    (c.action_id, c.board, c.season, c.user_id, c.value, c.score_after, int(c.improved))
+                    for c in applied.ledger
+                ],
+            )
+            tops = {
+                board: [_record(r).entry() for r in con.execute(_TOP, (board, seasons[board], spec.top_k))]
+                for board in versions
+                if not (spec := self._specs[board]).monotonic
+            }
+        return BatchResult(
+            applied.results, committed_values(applied, seasons, versions, tops), applied.ledger
+        )
 
-    async def top(self, k: int) -> list[Entry]:
-        """The best `k` users."""
+    async def ensure_board(self, spec: BoardSpec, now_s: int, ends_at: int | None) -> BoardState:
+        """The board's row, created at season 1 if new (see `Store.ensure_board`)."""
+        con = self._require(self._wcon)
+
+        def ensure() -> BoardState:
+            with _write_transaction(con):
+                con.execute(
+                    "INSERT INTO boards (id, season, version, started_at, ends_at, reset) "
+                    "VALUES (?, 1, 0, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    (spec.id, now_s, ends_at, spec.reset),
+                )
+                con.execute(
+                    "INSERT INTO seasons (board, season, started_at) VALUES (?, 1, ?) ON CONFLICT DO NOTHING",
+                    (spec.id, now_s),
+                )
+                state = _state(con.execute(_BOARD, (spec.id,)).fetchone())
+                if state.reset != spec.reset:
+                    con.execute(
+                        "UPDATE boards SET reset = ?, ends_at = ? WHERE id = ?",
+                        (spec.reset, ends_at, spec.id),
+                    )
+                    state = _state(con.execute(_BOARD, (spec.id,)).fetchone())
+                return state
+
+        return await self._on(self._writer, ensure)
+
+    async def end_season(
+        self, spec: BoardSpec, season: int, ended_at: int, ends_at: int | None
+    ) -> SeasonChange | None:
+        """End `season` and start the next; None if it is not current (see `Store.end_season`)."""
+        con = self._require(self._wcon)
+
+        def end() -> SeasonChange | None:
+            with _write_transaction(con):
+                row = con.execute(
+                    "UPDATE boards SET season = season + 1, version = version + 1, started_at = ?, "
+                    "ends_at = ? WHERE id = ? AND season = ? RETURNING season, version",
+                    (ended_at, ends_at, spec.id, season),
+                ).fetchone()
+                if row is None:
+                    return None
+                con.execute(
+                    "UPDATE seasons SET ended_at = ? WHERE board = ? AND season = ?",
+                    (ended_at, spec.id, season),
+                )
+                con.execute(
+                    "INSERT INTO seasons (board, season, started_at) VALUES (?, ?, ?)",
+                    (spec.id, row[0], ended_at),
+                )
+                # Keep `archive` finished seasons; the ledger keeps every credit.
+                oldest_kept = season - spec.archive + 1
+                con.execute("DELETE FROM entries WHERE board = ? AND season < ?", (spec.id, oldest_kept))
+                con.execute("DELETE FROM seasons WHERE board = ? AND season < ?", (spec.id, oldest_kept))
+                return SeasonChange(spec.id, season, row[0], row[1], ended_at, ends_at)
+
+        return await self._on(self._writer, end)
+
+    async def season_started(self, board: str, season: int) -> int | None:
+        """When a kept season started, or None."""
         con = self._require(self._rcon)
-        return await self._on(self._reader, lambda: [_entry(r) for r in con.execute(_TOP, (k,))])
 
-    async def standing(self, user_id: str) -> UserStanding | None:
+        def read() -> int | None:
+            row = con.execute(
+                "SELECT started_at FROM seasons WHERE board = ? AND season = ?", (board, season)
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._on(self._reader, read)
+
+    async def top(self, board: str, season: int, k: int) -> list[Entry]:
+        """The best `k` entries of a board's season."""
+        con = self._require(self._rcon)
+        return await self._on(
+            self._reader, lambda: [_record(r).entry() for r in con.execute(_TOP, (board, season, k))]
+        )
+
+    async def standing(self, board: str, season: int, user_id: str) -> UserStanding | None:
         """A user's entry and rank."""
         con = self._require(self._rcon)
 
         def read() -> UserStanding | None:
             con.execute("BEGIN")
             try:
-                row = con.execute(_USER, (user_id,)).fetchone()
+                row = con.execute(_USER, (board, season, user_id)).fetchone()
                 if row is None:
                     return None
-                rank: int = con.execute(_RANK, (row[2], row[3], row[0])).fetchone()[0]
-                return UserStanding(_entry(row), rank)
+                rank: int = con.execute(_RANK, (board, season, row[5], row[3], row[0])).fetchone()[0]
+                return UserStanding(_record(row[:5]).entry(), rank)
             finally:
                 con.execute("COMMIT")
 

@@ -1,4 +1,5 @@
-"""Server-Sent Events adapter: `GET /scores/stream` for pages and dashboards.
+"""Server-Sent Events adapter: `GET /scores/stream` (the default board) and
+`GET /api/boards/{board}/stream`, for pages and dashboards.
 
 Public. Sends the same events as the WebSocket (`event: scoreboard:update`
 or `scoreboard:diff`, `id: <epoch>:<seq>`, `data: <json>`), honours
@@ -16,8 +17,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from .broadcast import Broadcaster, limit_send_buffer
+from .broadcast import limit_send_buffer
 from .feed import Event, http_chunk
+from .hub import Hub, Hubs
 
 log = logging.getLogger("scoreboard.sse")
 
@@ -72,7 +74,7 @@ class SseEndpoint:
 
     def __init__(
         self,
-        broadcaster: Callable[[], Broadcaster],
+        hubs: Callable[[], Hubs],
         *,
         heartbeat_s: float = 15.0,
         retry_ms: int = 2000,
@@ -80,7 +82,7 @@ class SseEndpoint:
         sndbuf_bytes: int = 32 * 1024,
     ) -> None:
         self._sndbuf = sndbuf_bytes
-        self._broadcaster = broadcaster
+        self._hubs = hubs
         self._heartbeat = heartbeat_s
         self._retry_ms = retry_ms
         self._poll = min(poll_s, heartbeat_s)
@@ -90,8 +92,15 @@ class SseEndpoint:
     def __len__(self) -> int:
         return len(self._streams)
 
+    def _hub(self, request: web.Request) -> Hub:
+        """The board of `/api/boards/{board}/stream`, or the default one for `/scores/stream`."""
+        board = request.match_info.get("board")
+        hubs = self._hubs()
+        return hubs.default if board is None else hubs.get(board)
+
     async def head(self, request: web.Request) -> web.Response:
-        """HEAD /scores/stream: the stream's headers, no body, no subscription."""
+        """HEAD of a stream: its headers, no body, no subscription."""
+        self._hub(request)
         return web.Response(headers=self._headers(), content_type="text/event-stream")
 
     @staticmethod
@@ -99,7 +108,8 @@ class SseEndpoint:
         return {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        """Stream board events until the client leaves or the server stops."""
+        """Stream a board's events until the client leaves or the server stops."""
+        broadcaster = self._hub(request).broadcaster  # an unknown board: 404 before the stream starts
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **self._headers()})
         if request.version >= (1, 1):
             # Chunked explicitly, so we know the framing of our own writes.
@@ -114,7 +124,6 @@ class SseEndpoint:
         limit_send_buffer(transport, self._sndbuf)
         self._ids += 1
         sub = SseSubscriber(f"sse-{self._ids}", transport, chunked=response.chunked)
-        broadcaster = self._broadcaster()
         loop = asyncio.get_running_loop()
         # Whatever happens from here on (a bad Last-Event-ID, a dead peer, a
         # cancelled handler), the subscriber is released in the finally.

@@ -1,13 +1,20 @@
-"""The storage interface, its result types, and the batch plan both stores share.
+"""The storage interface, its value types, and the batch logic both stores share.
 
 A store applies a batch of updates in one transaction: it looks up which
-action ids the ledger already holds, credits the rest (one set-based upsert of
-the users, one insert into the ledger), and commits. The unique `action_id`
-in the ledger is what makes crediting exactly-once across batches, races and
-restarts; `plan_batch` and `finish_batch` are the pure halves of that logic so
-SQLite and PostgreSQL decide identically.
+action ids the ledger already holds, takes the next version of every board
+the batch writes (which also tells the season current at commit), reads the
+records it will change, computes their new values here (`plan_batch`,
+`apply_plan`: pure, so SQLite and PostgreSQL decide identically), writes
+them with the ledger rows, and commits. The unique `action_id` of the ledger
+is what makes crediting exactly-once across batches, races and restarts, for
+every board an action writes at once.
 
-The URL scheme picks the store: `sqlite:///path/file.db` or `postgresql://...`.
+A committed batch comes back as values: each update's `Result`, and one
+`Committed` per board written (its season, its new version and the changed
+standings), which the board hubs apply.
+
+The store factory (`open_store`, picking SQLite or PostgreSQL by URL scheme)
+lives in `stores.py`, outside this interface module.
 """
 
 from __future__ import annotations
@@ -18,6 +25,10 @@ from enum import StrEnum
 from typing import Protocol
 
 from .board import Entry
+from .catalog import BoardSpec, Operator
+
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
 
 
 class Source(StrEnum):
@@ -45,13 +56,12 @@ class DataRefused(Exception):
         self.overflow = overflow
 
 
-INT64_MAX = 2**63 - 1
-
-
 @dataclass(frozen=True, slots=True)
 class Update:
-    """One requested credit.
+    """One requested credit: a value for each board it writes, exactly once for its action id.
 
+    `scores` is `(board, value)` pairs sorted by board: the delta on `incr`
+    boards, the submitted value on `best` and `latest` ones.
     `allow_credit=False` asks only for the outcome of an action already
     credited (a retry with an expired ticket); if the action is new it is
     reported as `Outcome.NOT_CREDITED` and nothing is written.
@@ -60,11 +70,27 @@ class Update:
     action_id: str
     user_id: str
     username: str | None
-    delta: int
+    scores: tuple[tuple[str, int], ...]
     source: Source
+    metadata: bytes | None = None
     allow_credit: bool = True
     # Carried only so the commit can be logged with the request that asked.
     request_id: str | None = field(default=None, compare=False)
+
+    @classmethod
+    def single(
+        cls,
+        action_id: str,
+        user_id: str,
+        username: str | None,
+        value: int,
+        source: Source,
+        *,
+        board: str = "global",
+        **kw: object,
+    ) -> Update:
+        """An update of one board."""
+        return cls(action_id, user_id, username, ((board, value),), source, **kw)  # type: ignore[arg-type]
 
 
 class Outcome(StrEnum):
@@ -77,48 +103,113 @@ class Outcome(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class BoardCredit:
+    """What an action did to one board: the season it counted in, the record after it, and
+    whether the record changed."""
+
+    season: int
+    score: int
+    improved: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Result:
-    """The outcome of one update; `new_score` is the score after that action."""
+    """The outcome of one update, with what it did on each board it wrote."""
 
     outcome: Outcome
     user_id: str
-    new_score: int | None = None
+    boards: Mapping[str, BoardCredit] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
-class LedgerRow:
-    """A row of `scores_log` (existing or about to be inserted)."""
+class CreditRow:
+    """A ledger row: one action's value on one board."""
 
     action_id: str
+    board: str
+    season: int
     user_id: str
-    delta: int
+    value: int
     score_after: int
-    source: str = ""
-    created_at: int = 0
+    improved: bool
 
 
 @dataclass(frozen=True, slots=True)
-class UserDelta:
-    """The net increment of one user within a batch."""
+class StoredAction:
+    """An action already in the ledger."""
+
+    user_id: str
+    credits: Mapping[str, CreditRow]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A player's stored record on one board and season (`username` as stored, maybe None)."""
 
     user_id: str
     username: str | None
-    delta: int
+    score: int
     reached_at: int
+    metadata: bytes | None = None
+
+    def entry(self) -> Entry:
+        """The record as a board entry (the display name falls back to the user id)."""
+        return Entry(self.user_id, self.username or self.user_id, self.score, self.reached_at, self.metadata)
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """One board's part of a committed batch: the value the board's hub applies.
+
+    `version` numbers the board's commits (one counter per board in the
+    database); `standings` are the new entries of the players written;
+    `top` is the whole top K re-read in the same transaction, given for
+    boards where a place can worsen (see `BoardSpec.monotonic`).
+    """
+
+    board: str
+    season: int
+    version: int
+    standings: tuple[Entry, ...]
+    top: tuple[Entry, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BoardState:
+    """A board's row: its current season, last version, and the season's schedule (Unix seconds)."""
+
+    board: str
+    season: int
+    version: int
+    started_at: int
+    ends_at: int | None
+    reset: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SeasonChange:
+    """A season ended and the next one started: the value the board's hub applies."""
+
+    board: str
+    ended: int
+    season: int
+    version: int
+    started_at: int
+    ends_at: int | None
 
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    """Results aligned with the batch, and final standings of credited users."""
+    """Results aligned with the batch, one `Committed` per board written, and the ledger rows."""
 
     results: list[Result]
-    credited: list[Entry]
-    ledger: list[LedgerRow] = field(default_factory=list)
+    committed: list[Committed] = field(default_factory=list)
+    ledger: list[CreditRow] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
 class UserStanding:
-    """A user's score and rank from the store."""
+    """A user's entry and rank from the store."""
 
     entry: Entry
     rank: int
@@ -126,36 +217,62 @@ class UserStanding:
 
 @dataclass(slots=True)
 class BatchPlan:
-    """Intermediate state between the ledger lookup and the user upsert."""
+    """The batch classified against the ledger and itself."""
 
     batch: Sequence[Update]
-    stamps: Sequence[int]
     results: list[Result | None]
     fresh: list[int]
     # index of a later in-batch duplicate -> index of the fresh update it repeats
     repeats: dict[int, int]
-    users: list[UserDelta]
+
+    def boards(self) -> list[str]:
+        """The boards the fresh updates write, sorted (the order their rows are locked in)."""
+        return sorted({board for i in self.fresh for board, _ in self.batch[i].scores})
+
+    def keys(self, seasons: Mapping[str, int]) -> list[tuple[str, int, str]]:
+        """`(board, season, user_id)` of every record the fresh updates write, sorted."""
+        return sorted(
+            {
+                (board, seasons[board], self.batch[i].user_id)
+                for i in self.fresh
+                for board, _ in self.batch[i].scores
+            }
+        )
 
 
-def plan_batch(
-    batch: Sequence[Update],
-    stamps: Sequence[int],
-    existing: Mapping[str, LedgerRow],
-) -> BatchPlan:
-    """Classify each update against the ledger and the batch itself.
+@dataclass(slots=True)
+class Applied:
+    """The writes of a planned batch: records to store, ledger rows, and the results."""
 
-    `stamps[i]` is the `reached_at` stamp of update i if it is credited.
+    results: list[Result]
+    records: dict[tuple[str, str], Record]
+    ledger: list[CreditRow]
+
+
+def plan_batch(batch: Sequence[Update], existing: Mapping[str, StoredAction]) -> BatchPlan:
+    """Classify each update: a duplicate or conflict of the ledger or of the batch, not to be
+    credited, or fresh.
+
+    The same action id with another user, or another set of boards or
+    values, is a conflict; with the same ones it is a duplicate and gets the
+    original result.
     """
     results: list[Result | None] = [None] * len(batch)
     fresh: list[int] = []
     repeats: dict[int, int] = {}
     first: dict[str, int] = {}
     for i, u in enumerate(batch):
-        row = existing.get(u.action_id)
-        if row is not None:
-            same = row.user_id == u.user_id and row.delta == u.delta
+        stored = existing.get(u.action_id)
+        if stored is not None:
+            same = stored.user_id == u.user_id and {b: c.value for b, c in stored.credits.items()} == dict(
+                u.scores
+            )
             results[i] = (
-                Result(Outcome.DUPLICATE, u.user_id, row.score_after)
+                Result(
+                    Outcome.DUPLICATE,
+                    u.user_id,
+                    {b: BoardCredit(c.season, c.score_after, c.improved) for b, c in stored.credits.items()},
+                )
                 if same
                 else Result(Outcome.CONFLICT, u.user_id)
             )
@@ -163,7 +280,7 @@ def plan_batch(
         j = first.get(u.action_id)
         if j is not None:
             original = batch[j]
-            if original.user_id == u.user_id and original.delta == u.delta:
+            if original.user_id == u.user_id and original.scores == u.scores:
                 repeats[i] = j
             else:
                 results[i] = Result(Outcome.CONFLICT, u.user_id)
@@ -173,44 +290,88 @@ def plan_batch(
             continue
         first[u.action_id] = i
         fresh.append(i)
-    totals: dict[str, UserDelta] = {}
-    for i in fresh:
-        u = batch[i]
-        prev = totals.get(u.user_id)
-        total = u.delta + (prev.delta if prev else 0)
-        if total > INT64_MAX:
-            raise DataRefused(f"the credits of {u.user_id!r} in one batch exceed 2^63-1", overflow=True)
-        totals[u.user_id] = UserDelta(
-            user_id=u.user_id,
-            username=u.username if u.username is not None else (prev.username if prev else None),
-            delta=total,
-            reached_at=stamps[i],
-        )
-    users = sorted(totals.values(), key=lambda d: d.user_id)
-    return BatchPlan(batch, stamps, results, fresh, repeats, users)
+    return BatchPlan(batch, results, fresh, repeats)
 
 
-def finish_batch(plan: BatchPlan, standings: Mapping[str, Entry], now_us: int) -> BatchResult:
-    """Per-update results and ledger rows, given each user's score after the batch."""
-    remaining = {user_id: entry.score for user_id, entry in standings.items()}
-    after: dict[int, int] = {}
-    # Walk backwards: the last credit of a user ends at the final score.
-    for i in reversed(plan.fresh):
-        u = plan.batch[i]
-        after[i] = remaining[u.user_id]
-        remaining[u.user_id] -= u.delta
+def better(value: int, than: int, desc: bool) -> bool:
+    """Whether `value` ranks before `than` on a board of that order."""
+    return value > than if desc else value < than
+
+
+def apply_plan(
+    plan: BatchPlan,
+    stamps: Sequence[int],
+    specs: Mapping[str, BoardSpec],
+    seasons: Mapping[str, int],
+    current: Mapping[tuple[str, str], Record],
+) -> Applied:
+    """Apply the fresh updates, in batch order, to the current records.
+
+    `stamps[i]` is the `reached_at` of update i; `current` holds the stored
+    record of `(board, user_id)` in its season, if any. Raises DataRefused
+    (overflow) when an `incr` record would leave int64.
+    """
+    records: dict[tuple[str, str], Record] = {}
+    ledger: list[CreditRow] = []
     results = list(plan.results)
-    ledger: list[LedgerRow] = []
     for i in plan.fresh:
         u = plan.batch[i]
-        results[i] = Result(Outcome.CREDITED, u.user_id, after[i])
-        ledger.append(LedgerRow(u.action_id, u.user_id, u.delta, after[i], u.source.value, now_us))
+        credits: dict[str, BoardCredit] = {}
+        for board, value in u.scores:
+            spec = specs[board]
+            key = (board, u.user_id)
+            old = records.get(key) or current.get(key)
+            username = u.username if u.username is not None else (old.username if old else None)
+            improved = True
+            if spec.operator is Operator.INCR:
+                score = value + (old.score if old else 0)
+                if not INT64_MIN <= score <= INT64_MAX:
+                    raise DataRefused(
+                        f"the score of {u.user_id!r} on {board!r} would leave int64", overflow=True
+                    )
+                new = Record(u.user_id, username, score, stamps[i], u.metadata)
+            elif spec.operator is Operator.LATEST or old is None or better(value, old.score, spec.desc):
+                new = Record(u.user_id, username, value, stamps[i], u.metadata)
+            else:
+                new, improved = old, False
+            if improved:
+                records[key] = new
+            credits[board] = BoardCredit(seasons[board], new.score, improved)
+            ledger.append(
+                CreditRow(u.action_id, board, seasons[board], u.user_id, value, new.score, improved)
+            )
+        results[i] = Result(Outcome.CREDITED, u.user_id, credits)
     for i, j in plan.repeats.items():
-        results[i] = Result(Outcome.DUPLICATE, plan.batch[i].user_id, after[j])
+        original = results[j]
+        if original is None:
+            raise AssertionError("a repeat follows its original")
+        results[i] = Result(Outcome.DUPLICATE, original.user_id, original.boards)
     done = [r for r in results if r is not None]
     if len(done) != len(results):
         raise AssertionError("every update of a batch must have a result")
-    return BatchResult(done, [standings[d.user_id] for d in plan.users], ledger)
+    return Applied(done, records, ledger)
+
+
+def committed_values(
+    applied: Applied,
+    seasons: Mapping[str, int],
+    versions: Mapping[str, int],
+    tops: Mapping[str, Sequence[Entry]],
+) -> list[Committed]:
+    """One `Committed` per board written, sorted by board."""
+    standings: dict[str, list[Entry]] = {board: [] for board in versions}
+    for (board, _), record in applied.records.items():
+        standings[board].append(record.entry())
+    return [
+        Committed(
+            board,
+            seasons[board],
+            versions[board],
+            tuple(standings[board]),
+            tuple(tops[board]) if board in tops else None,
+        )
+        for board in sorted(versions)
+    ]
 
 
 class Store(Protocol):
@@ -224,12 +385,34 @@ class Store(Protocol):
         """
         ...
 
-    async def top(self, k: int) -> list[Entry]:
-        """The best `k` users by the ranking rule."""
+    async def ensure_board(self, spec: BoardSpec, now_s: int, ends_at: int | None) -> BoardState:
+        """The board's row, created at season 1 if new.
+
+        `ends_at` is the end of the current season under `spec.reset` as of
+        `now_s`; it replaces the stored one only when the schedule changed.
+        """
         ...
 
-    async def standing(self, user_id: str) -> UserStanding | None:
-        """A user's entry and rank, or None if the user has no score."""
+    async def end_season(
+        self, spec: BoardSpec, season: int, ended_at: int, ends_at: int | None
+    ) -> SeasonChange | None:
+        """End `season` of the board at `ended_at` and start the next (ending at `ends_at`).
+
+        None if `season` is not the current one (a retried or raced end).
+        Seasons beyond `spec.archive` finished ones are deleted.
+        """
+        ...
+
+    async def season_started(self, board: str, season: int) -> int | None:
+        """When a kept season started (Unix seconds), or None if it is not kept."""
+        ...
+
+    async def top(self, board: str, season: int, k: int) -> list[Entry]:
+        """The best `k` entries of a board's season by the ranking rule."""
+        ...
+
+    async def standing(self, board: str, season: int, user_id: str) -> UserStanding | None:
+        """A user's entry and rank, or None if the user has no entry."""
         ...
 
     async def ping(self) -> None:
@@ -239,25 +422,3 @@ class Store(Protocol):
     async def close(self) -> None:
         """Release connections; idempotent."""
         ...
-
-
-async def open_store(
-    url: str,
-    *,
-    timeout_s: float = 5.0,
-    pool_min: int = 1,
-    pool_max: int = 4,
-    sqlite_synchronous: str = "FULL",
-) -> Store:
-    """Open (and migrate) the store named by `url`'s scheme."""
-    if url.startswith("sqlite://"):
-        from .sqlite import SqliteStore
-
-        return await SqliteStore.open(url, timeout_s=timeout_s, synchronous=sqlite_synchronous)
-    if url.startswith(("postgresql://", "postgres://")):
-        from .postgres import PostgresStore
-
-        return await PostgresStore.open(url, timeout_s=timeout_s, pool_min=pool_min, pool_max=pool_max)
-    raise ValueError(
-        f"unsupported database URL scheme in {url.split(':', 1)[0]!r}; use sqlite:// or postgresql://"
-    )

@@ -15,7 +15,10 @@ The JSON object has exactly these members:
 
     actionId  string, 1-128 characters
     userId    string, 1-128 characters
-    points    integer, 1 to 1,000,000,000
+    points    integer, 1 to 1,000,000,000: credits the default board
+    scores    instead of points: an object of 1-64 board ids to integers
+              (-2^63 to 2^63-1): the value written on each board
+    metadata  optional JSON object of at most 512 bytes, stored with the records
     nbf       integer, Unix seconds; not redeemable before
     exp       integer, Unix seconds; not redeemable from this second on
     type      optional string, the action type (for logs)
@@ -52,8 +55,11 @@ VERSION = "v1"
 MAX_TICKET_CHARS = 1024
 MAX_POINTS = 1_000_000_000
 MAX_ID_CHARS = 128
-_REQUIRED = {"actionId", "userId", "points", "nbf", "exp"}
-_ALLOWED = _REQUIRED | {"type", "kid"}
+MAX_METADATA_BYTES = 512
+MAX_BOARDS = 64
+_REQUIRED = {"actionId", "userId", "nbf", "exp"}
+_ALLOWED = _REQUIRED | {"points", "scores", "metadata", "type", "kid"}
+_BOARD_ID = re.compile(r"^[a-z0-9_-]{1,64}$")
 _KID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _B64 = re.compile(r"^[A-Za-z0-9_-]*$")
 
@@ -111,10 +117,13 @@ class Ticket:
 
     action_id: str
     user_id: str
-    points: int
+    points: int | None
     not_before: int
     expires_at: int
     action_type: str | None = None
+    # Instead of points: (board, value) pairs sorted by board.
+    scores: tuple[tuple[str, int], ...] | None = None
+    metadata: bytes | None = None
 
 
 def _b64encode(raw: bytes) -> str:
@@ -140,13 +149,15 @@ def sign_ticket(secret: bytes | TicketKeys, ticket: Ticket) -> str:
     kid: str | None = None
     if isinstance(secret, TicketKeys):
         kid, secret = secret.keys[0]
-    claims: dict[str, Any] = {
-        "actionId": ticket.action_id,
-        "userId": ticket.user_id,
-        "points": ticket.points,
-        "nbf": ticket.not_before,
-        "exp": ticket.expires_at,
-    }
+    claims: dict[str, Any] = {"actionId": ticket.action_id, "userId": ticket.user_id}
+    if ticket.scores is not None:
+        claims["scores"] = dict(ticket.scores)
+    else:
+        claims["points"] = ticket.points
+    claims["nbf"] = ticket.not_before
+    claims["exp"] = ticket.expires_at
+    if ticket.metadata is not None:
+        claims["metadata"] = orjson.Fragment(ticket.metadata)
     if ticket.action_type is not None:
         claims["type"] = ticket.action_type
     if kid is not None:
@@ -202,15 +213,40 @@ def parse_ticket(keys: bytes | TicketKeys, text: str) -> Ticket:
     action_type = claims.get("type")
     if action_type is not None and (not isinstance(action_type, str) or text_problem(action_type)):
         raise _invalid("The ticket's 'type' must be a string of printable characters.")
+    if ("points" in claims) == ("scores" in claims):
+        raise _invalid("The ticket must carry exactly one of 'points' and 'scores'.")
+    metadata = claims.get("metadata")
     limit = 2**53
     return Ticket(
         action_id=_id(claims, "actionId"),
         user_id=_id(claims, "userId"),
-        points=_int(claims, "points", 1, MAX_POINTS),
+        points=_int(claims, "points", 1, MAX_POINTS) if "points" in claims else None,
         not_before=_int(claims, "nbf", 0, limit),
         expires_at=_int(claims, "exp", 0, limit),
         action_type=action_type,
+        scores=_scores(claims["scores"]) if "scores" in claims else None,
+        metadata=None if metadata is None else _metadata(metadata),
     )
+
+
+def _scores(value: object) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, dict) or not 1 <= len(value) <= MAX_BOARDS:
+        raise _invalid(f"The ticket's 'scores' must be an object of 1 to {MAX_BOARDS} boards.")
+    for board, score in value.items():
+        if not _BOARD_ID.match(board):
+            raise _invalid("The ticket's 'scores' must be keyed by board ids (1-64 of a-z 0-9 _ -).")
+        if isinstance(score, bool) or not isinstance(score, int) or not -(2**63) <= score < 2**63:
+            raise _invalid("The ticket's 'scores' values must be 64-bit integers.")
+    return tuple(sorted(value.items()))
+
+
+def _metadata(value: object) -> bytes:
+    if not isinstance(value, dict):
+        raise _invalid("The ticket's 'metadata' must be a JSON object.")
+    encoded = orjson.dumps(value)
+    if len(encoded) > MAX_METADATA_BYTES:
+        raise _invalid(f"The ticket's 'metadata' exceeds {MAX_METADATA_BYTES} bytes.")
+    return encoded
 
 
 def check_window(ticket: Ticket, now: float) -> ScoreboardError | None:

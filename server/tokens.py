@@ -1,8 +1,9 @@
 """Bearer-token checks: JWT verification pinned to the configured keys, and a
 bounded cache of verified tokens.
 
-Pure: the clock is a parameter, and pyjwt only checks signatures and claim
-shapes here; expiry and not-before are checked against the given clock so
+The adapter around the JWT library (what a token proves, `Identity`, is in
+the pure core: identity.py). The clock is a parameter, and pyjwt only
+checks signatures and claim shapes here; expiry and not-before are checked against the given clock so
 tests can move time and the cache can expire entries exactly at `exp`.
 
 Keys come as a `KeySet`: one key (the HS256 secret or a PEM public key), or
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Protocol
 
 import jwt
@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from .errors import Code, ScoreboardError
+from .identity import Identity, Role
 from .text import clean_text, text_problem
 from .tickets import MIN_SECRET_BYTES
 
@@ -40,23 +41,6 @@ _PUBLIC_MEMBERS = {"RSA": ("n", "e"), "EC": ("crv", "x", "y"), "OKP": ("crv", "x
 MIN_RSA_BITS = 2048
 MAX_JWKS_BYTES = 1024 * 1024
 MAX_ID_CHARS = 128
-
-
-class Role(StrEnum):
-    """What a token's holder may do."""
-
-    PLAYER = "player"
-    SERVICE = "service"
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """The verified claims a request acts with."""
-
-    user_id: str
-    name: str | None
-    role: Role
-    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,7 +444,7 @@ class TokenVerifier:
         try:
             role = Role(role_claim)
         except ValueError:
-            raise _refuse("The token's 'role' must be 'player' or 'service'.") from None
+            raise _refuse("The token's 'role' must be 'player', 'service' or 'admin'.") from None
         return Identity(user_id=sub, name=name, role=role, expires_at=exp)
 
 

@@ -12,12 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from .errors import invalid
+from .identity import Role
 from .text import text_problem
-from .tickets import MAX_TICKET_CHARS
-from .tokens import Role
+from .tickets import MAX_BOARDS, MAX_METADATA_BYTES, MAX_TICKET_CHARS
 
 MAX_STRING_CHARS = 128
+INT64 = 2**63
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,12 +32,15 @@ class UpdateBody:
     user_id: str | None = None
     score_delta: int | None = None
     username: str | None = None
+    # (board, value) pairs sorted by board, for the several-board form.
+    scores: tuple[tuple[str, int], ...] | None = None
+    metadata: bytes | None = None
 
 
 _PLAYER_REQUIRED = ("actionId", "ticket")
 _PLAYER_ALLOWED = frozenset({"actionId", "ticket", "userId", "scoreDelta"})
-_SERVICE_REQUIRED = ("userId", "scoreDelta", "actionId")
-_SERVICE_ALLOWED = frozenset({"userId", "scoreDelta", "actionId", "username"})
+_SERVICE_REQUIRED = ("userId", "actionId")
+_SERVICE_ALLOWED = frozenset({"userId", "scoreDelta", "scores", "actionId", "username", "metadata"})
 
 
 def text(body: Mapping[str, Any], name: str, limit: int = MAX_STRING_CHARS) -> str | None:
@@ -88,11 +94,16 @@ def parse_update(body: object, role: Role, *, max_delta: int) -> UpdateBody:
     """Validate an update body for a player (ticket) or a service (delta)."""
     if role is Role.SERVICE:
         b = check_members(body, _SERVICE_REQUIRED, _SERVICE_ALLOWED)
+        if (b.get("scoreDelta") is None) == (b.get("scores") is None):
+            field = "scores" if b.get("scores") is not None else "scoreDelta"
+            raise invalid(field, "Send exactly one of 'scoreDelta' and 'scores'.")
         return UpdateBody(
             action_id=_required(text(b, "actionId")),
             user_id=_required(text(b, "userId")),
             score_delta=integer(b, "scoreDelta", 1, max_delta),
             username=text(b, "username"),
+            scores=scores(b, "scores"),
+            metadata=metadata(b, "metadata"),
         )
     b = check_members(body, _PLAYER_REQUIRED, _PLAYER_ALLOWED)
     return UpdateBody(
@@ -102,6 +113,44 @@ def parse_update(body: object, role: Role, *, max_delta: int) -> UpdateBody:
         # Range is checked against the ticket's points, not max_delta.
         score_delta=integer(b, "scoreDelta", 1, 2**53),
     )
+
+
+def scores(body: Mapping[str, Any], name: str) -> tuple[tuple[str, int], ...] | None:
+    """An optional object of board ids to 64-bit integers, as sorted pairs."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not 1 <= len(value) <= MAX_BOARDS:
+        raise invalid(name, f"'{name}' must be an object of 1 to {MAX_BOARDS} boards and values.")
+    for board, score in value.items():
+        if isinstance(score, bool) or not isinstance(score, int) or not -INT64 <= score < INT64:
+            raise invalid(name, f"'{name}.{board}' must be a 64-bit integer.")
+    return tuple(sorted(value.items()))
+
+
+def metadata(body: Mapping[str, Any], name: str) -> bytes | None:
+    """An optional JSON object of at most MAX_METADATA_BYTES bytes (compact UTF-8), encoded."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise invalid(name, f"'{name}' must be a JSON object.")
+    try:
+        encoded = orjson.dumps(value)
+    except orjson.JSONEncodeError:  # lone surrogates in a string
+        raise invalid(name, f"'{name}' must hold valid Unicode text.") from None
+    if len(encoded) > MAX_METADATA_BYTES:
+        raise invalid(name, f"'{name}' must be at most {MAX_METADATA_BYTES} bytes as compact JSON.")
+    return encoded
+
+
+def season_param(value: str | None) -> int | None:
+    """`?season=N`: None when absent, else 1 to 2^31-1 in ASCII digits."""
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit()) or len(value) > 10 or not 1 <= int(value) < 2**31:
+        raise invalid("season", "'season' must be a season number from 1 to 2147483647.")
+    return int(value)
 
 
 def _required(value: str | None) -> str:

@@ -2,9 +2,11 @@
 
 Handlers call `submit()`, which never awaits: it appends to a bounded queue
 and returns a future. The writer takes up to `max_batch` updates, commits them
-in one transaction, hands the committed result to `on_commit` (the board and
-the event log), and only then resolves the futures, so nothing is answered as
-credited before it is durable.
+in one transaction, hands the committed result (values: per-update results
+and each board's `Committed`) to `on_commit`, which applies them to the board
+hubs and logs them, and only then resolves the futures, so nothing is
+answered as credited before it is durable. Jobs (season ends) run in the
+same task, between batches.
 
 A batch the database refuses for its data (DataRefused: a value it cannot
 store, a score past 2^63-1) is split in halves and retried until only the
@@ -28,11 +30,13 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from .errors import Code, ScoreboardError
-from .store import BatchResult, DataRefused, Result, Store, Update
+from .store import BatchResult, DataRefused, Outcome, Result, Store, Update
 
 log = logging.getLogger("scoreboard.writer")
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -60,6 +64,7 @@ class Writer:
         on_commit: Callable[[Sequence[Update], BatchResult], None],
         on_recover: Callable[[], Awaitable[None]],
         on_batch: Callable[[int, float], None] = lambda size, seconds: None,
+        before_batch: Callable[[], Awaitable[None]] | None = None,
         flush_interval_s: float = 0.0,
         max_batch: int = 1000,
         max_queue: int = 20_000,
@@ -74,6 +79,8 @@ class Writer:
         self._on_commit = on_commit
         self._on_recover = on_recover
         self._on_batch = on_batch
+        self._before_batch = before_batch
+        self._jobs: deque[tuple[Callable[[], Awaitable[Any]], asyncio.Future[Any]]] = deque()
         self._interval = flush_interval_s
         self._max_batch = max_batch
         self._max_queue = max_queue
@@ -143,6 +150,53 @@ class Writer:
             self._full.set()
         return future
 
+    def run_job(self, job: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
+        """Run `job` in the writer, between two batches (season ends); its result or error.
+
+        Jobs run before queued updates, so a season ends before the batches
+        that follow it commit.
+        """
+        if self._closing:
+            raise ScoreboardError(
+                Code.SHUTTING_DOWN, "The server is shutting down.", retry_after=self._retry_after
+            )
+        if not self._healthy:
+            raise self._unavailable()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        # Retrieved even if its caller stopped waiting (a timer cancelled at shutdown).
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._jobs.append((job, future))
+        self._wake.set()
+        return future
+
+    async def _run_jobs(self) -> None:
+        while self._jobs:
+            job, future = self._jobs.popleft()
+            if future.done():
+                continue
+            attempt = asyncio.ensure_future(job())
+            try:
+                # As for a batch: at the deadline the job fails at once, and the
+                # driver's cleanup over a dead link goes on in the background.
+                result = await asyncio.wait_for(asyncio.shield(attempt), self._timeout)
+            except asyncio.CancelledError:
+                _abandon(attempt)
+                future.cancel()
+                raise
+            except ScoreboardError as exc:  # a refusal (season_conflict): the job's own answer
+                if not future.done():
+                    future.set_exception(exc)
+            except Exception as exc:
+                # The store failed (an outage, a timeout): as for a batch.
+                _abandon(attempt)
+                log.error("job_failed", extra={"fields": {"error": repr(exc)}})
+                self._mark_down()
+                if not future.done():
+                    future.set_exception(self._unavailable())
+            else:
+                if not future.done():
+                    future.set_result(result)
+
     def _stopped(self) -> ScoreboardError:
         return ScoreboardError(
             Code.SHUTTING_DOWN,
@@ -159,6 +213,9 @@ class Writer:
 
     async def _run(self) -> None:
         while True:
+            if self._jobs:
+                await self._run_jobs()
+                continue
             if not self._queue:
                 if self._closing:
                     return
@@ -190,6 +247,20 @@ class Writer:
         bad input never fails an honest update or marks storage down.
         """
         updates = [p.update for p in batch]
+        if self._before_batch is not None:
+            # Due season ends first: an update counts in the season current
+            # when its batch commits.
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._before_batch()
+            except asyncio.CancelledError:
+                self._fail(batch, self._stopped())
+                raise
+            except Exception as exc:
+                log.error("before_batch_failed", extra={"fields": {"size": len(batch), "error": repr(exc)}})
+                self._mark_down()
+                self._fail(batch, self._unavailable())
+                return False
         attempt = asyncio.ensure_future(
             self._store.apply_batch(updates, self._stamps(len(updates)), self._clock_us())
         )
@@ -232,7 +303,8 @@ class Writer:
             self._fail(batch, self._unavailable())
             return False
         self.batches += 1
-        self.committed += len(result.ledger)
+        # Actions credited (one per update, whatever the boards it wrote).
+        self.committed += sum(1 for r in result.results if r.outcome is Outcome.CREDITED)
         self._on_batch(len(batch), time.perf_counter() - started)
         try:
             self._on_commit(updates, result)
@@ -296,6 +368,10 @@ class Writer:
         remaining = list(self._queue)
         self._queue.clear()
         self._fail(remaining, self._stopped())
+        for _, future in self._jobs:
+            if not future.done():
+                future.set_exception(self._stopped())
+        self._jobs.clear()
 
 
 def _refusal(exc: DataRefused) -> ScoreboardError:
@@ -306,7 +382,7 @@ def _refusal(exc: DataRefused) -> ScoreboardError:
     return ScoreboardError(Code.VALIDATION_FAILED, "The database refused this update's data.")
 
 
-def _abandon(attempt: asyncio.Future[BatchResult]) -> None:
+def _abandon(attempt: asyncio.Future[Any]) -> None:
     """Cancel an attempt that is still running and retrieve its outcome when it ends."""
     if not attempt.done():
         attempt.cancel()

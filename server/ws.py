@@ -30,18 +30,21 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from .broadcast import Broadcaster, limit_send_buffer
+from .broadcast import limit_send_buffer
 from .errors import Code, ScoreboardError, invalid
 from .feed import Event, ws_text_frame
+from .hub import Hub, Hubs
+from .identity import Identity, Role
 from .logs import request_id
 from .ratelimit import RateLimiter
 from .service import PendingCredit, ScoreService
 from .text import text_problem
-from .tokens import Identity, Role, TokenVerifier, bearer_token
+from .tokens import TokenVerifier, bearer_token
 
 log = logging.getLogger("scoreboard.ws")
 
 CHANNEL = "scoreboard"
+BOARD_CHANNEL = "board:"
 MAX_ID_CHARS = 128
 
 
@@ -99,7 +102,7 @@ class WsConnection:
         *,
         service: ScoreService,
         verifier: TokenVerifier,
-        broadcaster: Broadcaster,
+        hubs: Hubs,
         identity: Identity | None,
         token: str | None,
         limits: WsLimits,
@@ -112,7 +115,8 @@ class WsConnection:
         self._transport = transport
         self._service = service
         self._verifier = verifier
-        self._broadcaster = broadcaster
+        self._hubs = hubs
+        self._subscribed: set[Hub] = set()
         self._identity = identity
         self._token = token
         self._limits = limits
@@ -151,7 +155,7 @@ class WsConnection:
         """Close with `code`, without waiting for the peer."""
         if self._close_task is None:
             self._closing = True
-            self._broadcaster.unsubscribe(self)
+            self.unsubscribe_all()
             self._close_task = asyncio.get_running_loop().create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
@@ -282,8 +286,9 @@ class WsConnection:
         elif kind == "subscribe":
             self._subscribe(msg)
         elif kind == "unsubscribe":
-            self._channel(msg)
-            self._broadcaster.unsubscribe(self)
+            hub = self._channel(msg)
+            hub.broadcaster.unsubscribe(self)
+            self._subscribed.discard(hub)
         elif kind == "ping":
             self._write(ws_text_frame(b'{"type":"pong"}'))
         elif kind == "auth":
@@ -291,19 +296,35 @@ class WsConnection:
         else:
             raise invalid("type", "'type' must be subscribe, unsubscribe, score.update, ping or auth.")
 
-    @staticmethod
-    def _channel(msg: dict[str, Any]) -> None:
-        if msg.get("channel") != CHANNEL:
-            raise invalid("channel", f"'channel' must be '{CHANNEL}'.")
+    def _channel(self, msg: dict[str, Any]) -> Hub:
+        """The hub of the message's channel: `scoreboard` (the default board) or `board:<id>`."""
+        channel = msg.get("channel")
+        if channel == CHANNEL:
+            return self._hubs.default
+        if not isinstance(channel, str) or not channel.startswith(BOARD_CHANNEL) or len(channel) > 128:
+            raise invalid("channel", f"'channel' must be '{CHANNEL}' or '{BOARD_CHANNEL}<board id>'.")
+        hub = self._hubs.find(channel[len(BOARD_CHANNEL) :])
+        if hub is None:
+            raise ScoreboardError(
+                Code.UNKNOWN_BOARD, f"There is no board for channel '{channel}'.", field="channel"
+            )
+        return hub
 
     def _subscribe(self, msg: dict[str, Any]) -> None:
-        self._channel(msg)
+        hub = self._channel(msg)
         since = msg.get("since")
         if since is not None and not isinstance(since, str):
             raise invalid("since", "'since' must be the string '<epoch>:<seq>' of an earlier event.")
         # Any position the feed cannot resume from (malformed, too old,
         # another epoch) gets a snapshot, as over SSE.
-        self._broadcaster.subscribe(self, since)
+        self._subscribed.add(hub)
+        hub.broadcaster.subscribe(self, since)
+
+    def unsubscribe_all(self) -> None:
+        """Leave every board's channel (idempotent)."""
+        subscribed, self._subscribed = self._subscribed, set()
+        for hub in subscribed:
+            hub.broadcaster.unsubscribe(self)
 
     def _auth(self, msg: dict[str, Any], ref: str | int | None) -> None:
         token = msg.get("token")
@@ -385,7 +406,7 @@ class WsEndpoint:
     def __init__(
         self,
         service: Callable[[], ScoreService],
-        broadcaster: Callable[[], Broadcaster],
+        hubs: Callable[[], Hubs],
         verifier: TokenVerifier,
         *,
         allowed_origins: frozenset[str],
@@ -395,7 +416,7 @@ class WsEndpoint:
     ) -> None:
         self._on_error = on_error
         self._service = service
-        self._broadcaster = broadcaster
+        self._hubs = hubs
         self._verifier = verifier
         self._allowed = allowed_origins
         self._limits = limits
@@ -445,7 +466,7 @@ class WsEndpoint:
             transport,
             service=self._service(),
             verifier=self._verifier,
-            broadcaster=self._broadcaster(),
+            hubs=self._hubs(),
             identity=identity,
             token=token,
             limits=limits,
@@ -472,7 +493,7 @@ class WsEndpoint:
             conn.abort(WSCloseCode.INTERNAL_ERROR, "internal error")
         finally:
             conn.forget_auth()
-            self._broadcaster().unsubscribe(conn)
+            conn.unsubscribe_all()
             self._connections.discard(conn)
             replies.cancel()
             with contextlib.suppress(asyncio.CancelledError):

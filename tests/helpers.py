@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp import web
 
-from scoreboard.app import BROADCASTER, SERVICE, WS, create_app, start
+from scoreboard.app import HUBS, SERVICE, WS, create_app, start
 from scoreboard.broadcast import Broadcaster
 from scoreboard.config import Settings
+from scoreboard.hub import Hubs
 from scoreboard.service import ScoreService
 from scoreboard.tickets import Ticket, sign_ticket
 from scoreboard.tokens import Role, mint_token
@@ -73,8 +75,10 @@ def token(
 
 def ticket(
     user: str,
-    points: int,
+    points: int | None,
     *,
+    scores: dict[str, int] | None = None,
+    metadata: dict[str, Any] | None = None,
     action_id: str | None = None,
     now: float | None = None,
     ttl: int = 600,
@@ -89,6 +93,8 @@ def ticket(
         points=points,
         not_before=issued + not_before,
         expires_at=issued + ttl,
+        scores=None if scores is None else tuple(sorted(scores.items())),
+        metadata=None if metadata is None else orjson.dumps(metadata),
     )
     return {"actionId": t.action_id, "ticket": sign_ticket(secret.encode(), t)}
 
@@ -121,9 +127,14 @@ class ServerHandle:
         return self.app[SERVICE]
 
     @property
+    def hubs(self) -> Hubs:
+        """The in-process board hubs (for assertions only)."""
+        return self.app[HUBS]
+
+    @property
     def broadcaster(self) -> Broadcaster:
-        """The in-process broadcaster (for assertions only)."""
-        return self.app[BROADCASTER]
+        """The default board's in-process broadcaster (for assertions only)."""
+        return self.app[HUBS].default.broadcaster
 
     @property
     def ws_endpoint(self) -> WsEndpoint:

@@ -323,7 +323,7 @@ class TcpProxy:
 
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
-    """One row of `scores_log`."""
+    """One credit of the default board (`credits` joined with `actions`); `id` is its commit time."""
 
     id: int
     action_id: str
@@ -334,7 +334,7 @@ class LedgerEntry:
 
 @dataclass(frozen=True, slots=True)
 class UserRow:
-    """One row of `users`."""
+    """One entry of the default board's current season."""
 
     id: str
     username: str
@@ -353,7 +353,8 @@ class StoredState:
     def assert_consistent(self) -> None:
         """Each user's score is the sum of their ledger deltas; `score_after` runs those sums in order."""
         running: dict[str, int] = {}
-        for row in sorted(self.ledger.values(), key=lambda r: r.id):
+        # Commit order: by batch, and within a batch a user's scores only rise.
+        for row in sorted(self.ledger.values(), key=lambda r: (r.id, r.score_after)):
             running[row.user_id] = running.get(row.user_id, 0) + row.delta
             assert row.score_after == running[row.user_id], (row, running[row.user_id])
         assert {u.id: u.score for u in self.users.values()} == running
@@ -361,13 +362,19 @@ class StoredState:
     def assert_holds(self, action_id: str, user_id: str, delta: int, new_score: int) -> None:
         """An acknowledged credit is in the ledger with the acknowledged score."""
         row = self.ledger.get(action_id)
-        assert row is not None, f"acknowledged action {action_id} is missing from scores_log"
+        assert row is not None, f"acknowledged action {action_id} is missing from the ledger"
         assert (row.user_id, row.delta, row.score_after) == (user_id, delta, new_score), row
 
 
-_LEDGER_SQL = "SELECT id, action_id, user_id, delta, score_after FROM scores_log"
-_USERS_SQL = "SELECT id, COALESCE(username, id), score, reached_at FROM users"
-_TOP_SQL = _USERS_SQL + " ORDER BY score DESC, reached_at, id LIMIT 10"
+_LEDGER_SQL = (
+    "SELECT a.created_at, c.action_id, c.user_id, c.value, c.score_after "
+    "FROM credits c JOIN actions a ON a.action_id = c.action_id WHERE c.board = 'global'"
+)
+_USERS_SQL = (
+    "SELECT user_id, COALESCE(username, user_id), score, reached_at FROM entries "
+    "WHERE board = 'global' AND season = 1"
+)
+_TOP_SQL = _USERS_SQL + " ORDER BY sort_key, reached_at, user_id LIMIT 10"
 
 
 def _state(

@@ -75,10 +75,21 @@ def test_apply_reports_changes_and_version() -> None:
     assert board.get("x") == Entry("x", "Xavier", 1, 1)
 
 
-def test_moving_down_is_refused() -> None:
+def test_an_older_standing_is_ignored() -> None:
+    # Places only improve on a monotonic board: a lower standing is not newer.
     board = Board(3, [Entry("a", "a", 10, 1)])
-    with pytest.raises(ValueError, match="moved down"):
-        board.apply(Entry("a", "a", 9, 2))
+    version = board.version
+    assert not board.apply(Entry("a", "a", 9, 2))
+    assert not board.apply(Entry("a", "a", 10, 1))
+    assert board.entries() == (Entry("a", "a", 10, 1),) and board.version == version
+
+
+def test_ascending_boards_rank_lower_first() -> None:
+    board = Board(2, desc=False)
+    for e in (Entry("a", "a", 30, 1), Entry("b", "b", 10, 2), Entry("c", "c", 10, 3), Entry("d", "d", 5, 4)):
+        board.apply(e)
+    assert [e.user_id for e in board.entries()] == ["d", "b"]
+    assert rank_all([Entry("a", "a", 30, 1), Entry("b", "b", 10, 2)], 1, desc=False) == [Entry("b", "b", 10, 2)]
 
 
 def test_replace_keeps_the_best_k() -> None:

@@ -10,14 +10,26 @@ PAGE = "https://game.example"
 
 async def test_public_reads_are_shared_with_any_origin_by_default(server: ServerHandle) -> None:
     await server.credit("alice", 3)
-    for path, status in (("/scores", 200), ("/api/users/alice", 200), ("/api/users/nobody", 404)):
+    for path, status in (
+        ("/scores", 200),
+        ("/api/users/alice", 200),
+        ("/api/users/nobody", 404),
+        ("/api/boards", 200),
+        ("/api/boards/global/scores", 200),
+        ("/api/boards/global/users/alice", 200),
+        ("/api/boards/nope/scores", 404),
+    ):
         async with server.session.get(server.url + path, headers={"Origin": PAGE}) as resp:
             assert resp.status == status
             assert resp.headers["Access-Control-Allow-Origin"] == "*", path
             assert "X-Request-ID" in resp.headers["Access-Control-Expose-Headers"]
             assert "Access-Control-Allow-Credentials" not in resp.headers
-    async with server.session.get(server.url + "/scores/stream", headers={"Origin": PAGE}) as resp:
-        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    for stream in ("/scores/stream", "/api/boards/global/stream"):
+        async with server.session.get(server.url + stream, headers={"Origin": PAGE}) as resp:
+            assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    preflight = {"Origin": PAGE, "Access-Control-Request-Method": "GET"}
+    async with server.session.options(server.url + "/api/boards/global/scores", headers=preflight) as resp:
+        assert (resp.status, resp.headers["Access-Control-Allow-Origin"]) == (204, "*")
     # Without an Origin (not a browser) nothing is added; writes are never shared.
     async with server.session.get(server.url + "/scores") as resp:
         assert "Access-Control-Allow-Origin" not in resp.headers

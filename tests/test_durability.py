@@ -79,7 +79,9 @@ class ServerProcess:
         return await asyncio.wait_for(self.proc.wait(), within_s)
 
 
-async def spawn_server(tmp_path: Path, database_url: str, name: str) -> ServerProcess:
+async def spawn_server(
+    tmp_path: Path, database_url: str, name: str, extra_env: dict[str, str] | None = None
+) -> ServerProcess:
     """Start the server on a free port and wait for its `listening` line."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCOREBOARD_")}
     env.update(
@@ -92,6 +94,7 @@ async def spawn_server(tmp_path: Path, database_url: str, name: str) -> ServerPr
             "SCOREBOARD_TICKET_SECRET": TICKET_SECRET,
             "SCOREBOARD_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
             "SCOREBOARD_PROBE_INTERVAL_S": "0.1",
+            **(extra_env or {}),
         }
     )
     log_path = tmp_path / f"{name}.log"
@@ -112,7 +115,7 @@ async def spawn_server(tmp_path: Path, database_url: str, name: str) -> ServerPr
     return server
 
 
-Spawn = Callable[[str, str], Awaitable[ServerProcess]]
+Spawn = Callable[..., Awaitable[ServerProcess]]
 
 
 @pytest.fixture
@@ -120,8 +123,8 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
     """`await spawn(database_url, name)` starts a server process; any left running is killed at the end."""
     started: list[ServerProcess] = []
 
-    async def _spawn(database_url: str, name: str) -> ServerProcess:
-        server = await spawn_server(tmp_path, database_url, name)
+    async def _spawn(database_url: str, name: str, extra_env: dict[str, str] | None = None) -> ServerProcess:
+        server = await spawn_server(tmp_path, database_url, name, extra_env)
         started.append(server)
         return server
 

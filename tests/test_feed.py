@@ -20,6 +20,8 @@ def test_publish_numbers_diffs_and_skips_no_change() -> None:
     assert feed.snapshot().json == orjson.dumps(
         {
             "type": "scoreboard:update",
+            "board": "global",
+            "season": 1,
             "epoch": "ep",
             "seq": 0,
             "topUsers": [{"rank": 1, "userId": "a", "username": "A", "score": 5}],
@@ -31,6 +33,8 @@ def test_publish_numbers_diffs_and_skips_no_change() -> None:
     assert (event.seq, event.event_id) == (1, "ep:1")
     assert orjson.loads(event.json) == {
         "type": "scoreboard:diff",
+        "board": "global",
+        "season": 1,
         "epoch": "ep",
         "seq": 1,
         "changes": [
@@ -107,8 +111,41 @@ def test_encodings() -> None:
     snap = feed.snapshot()
     expected = b"event: scoreboard:update\nid: ep:0\ndata: " + snap.json + b"\n\n"
     assert snap.sse() == expected
-    assert snap.json == b'{"type":"scoreboard:update","epoch":"ep","seq":0,"topUsers":[]}'
+    assert snap.json == (
+        b'{"type":"scoreboard:update","board":"global","season":1,"epoch":"ep","seq":0,"topUsers":[]}'
+    )
     assert snap.sse_chunk() == http_chunk(snap.sse())
     assert parse_since("ab:12") == ("ab", 12)
     assert parse_since("a:b:3") is None  # epochs are [A-Za-z0-9_-]
     assert parse_since("12") is None
+
+
+def test_a_season_end_is_one_numbered_step_kept_for_resuming() -> None:
+    feed = Feed("ep", [e("a", 5, 1)], history=10, board_id="weekly", season=3)
+    feed.publish([e("a", 6, 2)])
+    season, snapshot = feed.new_season([], 3, 4)
+    assert orjson.loads(season.json) == {
+        "type": "board:season",
+        "board": "weekly",
+        "endedSeason": 3,
+        "season": 4,
+        "epoch": "ep",
+        "seq": 2,
+    }
+    assert (snapshot.kind, snapshot.seq, orjson.loads(snapshot.json)["topUsers"]) == (
+        "scoreboard:update",
+        2,
+        [],
+    )
+    assert orjson.loads(snapshot.json)["season"] == 4
+    assert feed.since("ep:1") == [season, snapshot]
+    assert [ev.kind for ev in feed.since("ep:0")] == ["scoreboard:diff", "board:season", "scoreboard:update"]
+    assert feed.since("ep:2") == []
+    diff = feed.publish([e("b", 1, 3)])
+    assert diff is not None and diff.seq == 3 and orjson.loads(diff.json)["season"] == 4
+    # Once the history no longer reaches back, a snapshot.
+    short = Feed("ep", [], history=1)
+    short.publish([e("a", 1, 1)])
+    short.new_season([], 1, 2)
+    assert [ev.kind for ev in short.since("ep:0")] == ["scoreboard:update"]
+    assert [ev.kind for ev in short.since("ep:1")] == ["scoreboard:update"]

@@ -121,7 +121,9 @@ async def test_ack_memory_keeps_every_acknowledged_update_despite_a_bad_one(
     answers = await asyncio.gather(*honest, bad)
     assert [status for status, _ in answers] == [202] * 6
     for i, u in enumerate(users):
-        assert await eventually(lambda u=u: u in {e.user_id for e in server.service.board.entries()})
+        assert await eventually(
+            lambda u=u: u in {e.user_id for e in server.service.hubs.default.board.entries()}
+        )
         status, body = await server.get(f"/api/users/{u}")
         assert (status, body["score"]) == (200, 10 + i)
     await assert_healthy(server)
@@ -158,12 +160,14 @@ async def test_a_batch_the_database_refuses_is_split_until_only_the_bad_update_f
     server = await start(database_url, flush_interval_ms=20)
     writer = server.service.writer
     batches = writer.batches
-    honest = [Update(f"h-{i}-{uuid.uuid4().hex}", f"h{i}", None, 10 + i, Source.SERVICE) for i in range(7)]
+    honest = [
+        Update.single(f"h-{i}-{uuid.uuid4().hex}", f"h{i}", None, 10 + i, Source.SERVICE) for i in range(7)
+    ]
     queued = [writer.submit(u) for u in honest[:3]]
-    bad = writer.submit(Update(f"bad-{uuid.uuid4().hex}", "bad\ud800", None, 5, Source.SERVICE))
+    bad = writer.submit(Update.single(f"bad-{uuid.uuid4().hex}", "bad\ud800", None, 5, Source.SERVICE))
     queued += [writer.submit(u) for u in honest[3:]]
     results = await asyncio.gather(*queued)
-    assert [r.new_score for r in results] == [10 + i for i in range(7)]
+    assert [r.boards["global"].score for r in results] == [10 + i for i in range(7)]
     with pytest.raises(ScoreboardError) as info:
         await bad
     assert info.value.code is Code.VALIDATION_FAILED
@@ -192,7 +196,7 @@ async def test_a_credit_past_int64_is_refused_alone(start: StartServer, database
     assert (status, body["error"]["code"]) == (422, "score_overflow")
     # Later credits are stored, and the board agrees with the database.
     assert (await server.credit("minnow", 5))["newScore"] == 5
-    stored = await server.service.store.top(10)
+    stored = await server.service.store.top("global", 1, 10)
     assert [(e.user_id, e.score) for e in stored] == [
         (row["userId"], row["score"]) for row in await server.top()
     ]
@@ -204,14 +208,14 @@ async def test_credits_of_one_user_overflowing_within_a_batch(start: StartServer
     server = await start(database_url, max_delta=INT64_MAX, flush_interval_ms=20)
     writer = server.service.writer
     big = 2**62 + 1
-    first = writer.submit(Update("twin-1", "twin", None, big, Source.SERVICE))
-    second = writer.submit(Update("twin-2", "twin", None, big, Source.SERVICE))
-    other = writer.submit(Update("twin-3", "other", None, 3, Source.SERVICE))
-    assert (await first).new_score == big
+    first = writer.submit(Update.single("twin-1", "twin", None, big, Source.SERVICE))
+    second = writer.submit(Update.single("twin-2", "twin", None, big, Source.SERVICE))
+    other = writer.submit(Update.single("twin-3", "other", None, 3, Source.SERVICE))
+    assert (await first).boards["global"].score == big
     with pytest.raises(ScoreboardError) as info:
         await second
     assert info.value.code is Code.SCORE_OVERFLOW
-    assert (await other).new_score == 3
+    assert (await other).boards["global"].score == 3
     await assert_healthy(server)
 
 

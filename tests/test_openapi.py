@@ -5,7 +5,7 @@
    aiohttp answers HEAD beside every GET (`allow_head=True`: the same
    handler), and the document describes such a pair once, as the GET (RFC 9110:
    HEAD is GET without the body; a test checks they answer alike); a HEAD with
-   a handler of its own (`/scores/stream`, which does not subscribe) is an
+   a handler of its own (the event streams', which do not subscribe) is an
    operation.
 2. The document is valid OpenAPI 3.1 (schemathesis's validator), its schemas
    valid JSON Schema 2020-12, and its errors the server's: every `Code` is
@@ -15,7 +15,8 @@
    a thread with its own uvloop loop (schemathesis calls are synchronous):
    - phases: examples, coverage (boundaries, missing and unexpected members,
      undeclared methods), fuzzing, and stateful (the document's links: start an
-     action, redeem its ticket, read the credited user);
+     action, redeem its ticket, read the credited user on each board it wrote;
+     list the boards, read or end their current seasons, read the ended one);
    - data: positive and negative (`mode = "all"`), EXAMPLES per operation;
    - checks: all of schemathesis's (not_a_server_error, status_code_,
      content_type_, response_headers_ and response_schema_conformance,
@@ -23,14 +24,18 @@
      unsupported_method, allow_header_conformance, use_after_free,
      ensure_resource_availability, ignored_auth, object_level_authorization)
      and two of ours: `server_logged_no_bug` and `credited_user_is_readable`;
-   - tokens: a player's for actions and ticket redemptions, a service's for the
-     rest (`Tokens`, `pick_token`), so authenticated operations go past 401;
+   - boards: a catalog of three (an `incr` default board, a `best` one ranking
+     lower first, a `latest` one with negative bounds and a schedule), whose ids
+     the document lists, so generated requests reach real boards;
+   - tokens: a player's for actions and ticket redemptions, an admin's to end
+     seasons, a service's for the rest (`Tokens`, `pick_token`), so
+     authenticated operations go past 401 and 403;
    - the event stream is read up to its first event; a plain GET /ws (requests
      cannot upgrade) is 426, which positive data may get there.
    What is not held against the server, and why: `documented_refusals`,
    `integer_literals`. use_after_free has nothing to do (no DELETE), and
    ensure_resource_availability only links paths that nest, so
-   `credited_user_is_readable` checks the `standing` link instead.
+   `credited_user_is_readable` checks the `standing` links instead.
 
 The fuzzed server runs without the per-player limits (0: unlimited) and the
 per-address connection cap (0), since the fuzzer is one player on one address.
@@ -46,6 +51,7 @@ import re
 import threading
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -61,10 +67,12 @@ from schemathesis.engine import Status, events
 from schemathesis.openapi.checks import RejectedPositiveData
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
+from scoreboard.app import SERVICE
 from scoreboard.errors import Code
 from scoreboard.http import STATUS
 from scoreboard.openapi import OPENAPI_PATH, TEXT_FORMAT
 from scoreboard.text import text_problem
+from scoreboard.tickets import MAX_BOARDS, MAX_METADATA_BYTES
 from scoreboard.tokens import Role
 from tests.conftest import PG_ENV, StartServer, create_database, drop_database
 from tests.fuzz_support import EXAMPLES_ENV, LogCapture, capture_logs
@@ -72,13 +80,41 @@ from tests.helpers import ServerHandle, start_server, token
 
 METHODS = ("get", "head", "post", "put", "patch", "delete", "options")
 PLAYER = "fuzz-player"
+# Three boards: the default (incr), a best-lap board (lower first), and a
+# `latest` one with negative bounds and a schedule that fires on leap days only.
 CATALOG_TOML = """
+[boards.global]
+title = "All time"
+default = true
+archive = 2
+
+[boards.laps]
+title = "Fastest lap (ms)"
+operator = "best"
+order = "asc"
+top_k = 5
+min_value = 1
+max_value = 600000
+archive = 1
+
+[boards.level]
+title = "Level"
+operator = "latest"
+min_value = -100
+max_value = 100
+reset = "0 0 29 2 *"
+
 [actions.default]
 points = 1
 
 [actions."quest.v2:boss-fight_3"]
 points = 7
+
+[actions.lap]
+points = 42
+boards = ["global", "laps"]
 """
+DEFAULT_BOARD = "global"
 # Per operation; `make fuzz` sets SCOREBOARD_FUZZ_EXAMPLES for a long run.
 EXAMPLES = int(os.environ.get(EXAMPLES_ENV) or 0) or 25
 # One worker: CPython 3.11's ast module is not thread-safe ("AST constructor
@@ -130,9 +166,11 @@ def _operations(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any
     }
 
 
-# The settings that change which routes exist.
+# The settings that change which routes exist, and a catalog of several boards
+# (which changes what the document says).
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
+    "several boards": {"catalog": CATALOG_TOML},
     "service metrics, no CORS, other limits": {
         "metrics": "service",
         "cors_origins": "",
@@ -144,9 +182,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 @pytest.fixture(params=list(VARIANTS))
-async def served(request: pytest.FixtureRequest, start: StartServer, sqlite_url: str) -> Served:
+async def served(
+    request: pytest.FixtureRequest, start: StartServer, sqlite_url: str, tmp_path: Path
+) -> Served:
     """A server for one variant of the settings, and the document it serves, read as a client would."""
-    server = await start(sqlite_url, **VARIANTS[request.param])
+    overrides = dict(VARIANTS[request.param])
+    catalog = overrides.pop("catalog", None)
+    if catalog is not None:
+        overrides["catalog_file"] = tmp_path / "catalog.toml"
+        overrides["catalog_file"].write_text(catalog)
+    server = await start(sqlite_url, **overrides)
     async with server.session.get(
         server.url + OPENAPI_PATH, headers={"Origin": "https://game.example"}
     ) as resp:
@@ -173,10 +218,11 @@ async def test_the_document_is_public(served: Served) -> None:
 
 
 async def test_every_get_answers_head_alike(served: Served) -> None:
+    board = served.server.app[SERVICE].hubs.default.id
     for template, item in served.document["paths"].items():
-        if "get" not in item or template in ("/ws", "/scores/stream"):
+        if "get" not in item or "head" in item or template == "/ws":
             continue
-        path = template.replace("{userId}", "nobody").replace("{name}", "app.js")
+        path = template.replace("{userId}", "nobody").replace("{name}", "app.js").replace("{board}", board)
         async with served.server.session.get(served.server.url + path) as resp:
             expected = resp.status, resp.headers.get("Content-Type")
         async with served.server.session.head(served.server.url + path) as resp:
@@ -222,25 +268,59 @@ async def test_every_error_code_is_documented_under_its_status(served: Served) -
 
 async def test_the_update_bodies_carry_the_validation_rules(served: Served) -> None:
     schemas = served.document["components"]["schemas"]
-    service, player = schemas["ServiceUpdate"], schemas["PlayerUpdate"]
-    delta = service["properties"]["scoreDelta"]
-    assert delta["maximum"] == served.server.settings.max_delta
-    assert "SCOREBOARD_MAX_DELTA" in delta["description"]
-    assert "default 1000" in delta["description"]
-    assert schemas["Board"]["properties"]["topUsers"]["maxItems"] == served.server.settings.top_k
-    for body in (service, player):
+    delta, several, player = schemas["ServiceDelta"], schemas["ServiceScores"], schemas["PlayerUpdate"]
+    hubs = served.server.app[SERVICE].hubs
+    delta_range = delta["properties"]["scoreDelta"]
+    assert delta_range["maximum"] == min(served.server.settings.max_delta, hubs.default.spec.max_value)
+    assert "SCOREBOARD_MAX_DELTA" in delta_range["description"]
+    assert "default 1000" in delta_range["description"]
+    assert schemas["TopUsers"]["maxItems"] == hubs.default.spec.top_k
+    for body in (delta, several, player):
         assert body["additionalProperties"] is False
         for name in ("userId", "actionId"):
             prop = body["properties"][name]
             assert (prop["minLength"], prop["maxLength"], prop["format"]) == (1, 128, TEXT_FORMAT)
-    assert set(service["required"]) == {"userId", "scoreDelta", "actionId"}
+    # Exactly one of scoreDelta and scores: the other may only be null (read as left out).
+    assert set(delta["required"]) == {"userId", "scoreDelta", "actionId"}
+    assert delta["properties"]["scores"] == {"type": "null"}
+    assert set(several["required"]) == {"userId", "scores", "actionId"}
+    assert several["properties"]["scoreDelta"] == {"type": "null"}
     assert set(player["required"]) == {"actionId", "ticket"}
+    # Each board of the catalog, within its bounds, and no other.
+    scores = several["properties"]["scores"]
+    assert scores["additionalProperties"] is False
+    assert (scores["minProperties"], scores["maxProperties"]) == (1, MAX_BOARDS)
+    assert {board: (value["minimum"], value["maximum"]) for board, value in scores["properties"].items()} == {
+        hub.id: (hub.spec.min_value, hub.spec.max_value) for hub in hubs
+    }
     update = served.document["paths"]["/scores/update"]["post"]
     assert update["security"] == [{"bearerAuth": []}]
     assert update["requestBody"]["content"]["application/json"]["schema"]["oneOf"] == [
         {"$ref": "#/components/schemas/PlayerUpdate"},
-        {"$ref": "#/components/schemas/ServiceUpdate"},
+        {"$ref": "#/components/schemas/ServiceDelta"},
+        {"$ref": "#/components/schemas/ServiceScores"},
     ]
+
+
+async def test_the_board_paths_name_the_catalog_boards(served: Served) -> None:
+    """Board ids in paths are this server's boards, as GET /api/boards lists them (others: 404)."""
+    document = served.document
+    status, listed = await served.server.get("/api/boards")
+    assert status == 200
+    ids = [board["id"] for board in listed["boards"]]
+    assert document["components"]["schemas"]["BoardId"]["enum"] == ids
+    for path, item in document["paths"].items():
+        if "{board}" in path:
+            # (A CORS preflight answers for any id; the request it clears then gets the 404.)
+            for op in (op for method, op in item.items() if method != "options"):
+                [board] = [p for p in op["parameters"] if p.get("name") == "board"]
+                assert board["schema"] == {"$ref": "#/components/schemas/BoardId"}, path
+                assert "404" in op["responses"], path
+    reset = document["paths"]["/api/boards/{board}/reset"]["post"]
+    assert reset["security"] == [{"bearerAuth": []}]
+    assert reset["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/SeasonEnd"
+    }
 
 
 # -- 3: schemathesis against a live server ------------------------------------------------
@@ -345,25 +425,58 @@ class server_logged_no_bug:  # checks are named like functions
 
 
 UPDATE_PATHS = ("/scores/update", "/api/score/update")
+RESET_PATH = "/api/boards/{board}/reset"
 
 
 @schemathesis.check
 class credited_user_is_readable:
-    """A user credited with a 200 is then found at GET /api/users/{userId} (the `standing` link)."""
+    """A user credited with a 200 is then found on each board it wrote, in that season (the `standing` links).
+
+    GET /api/users/{userId} reads the default board's current season, GET
+    /api/boards/{board}/users/{userId} the `season` asked for or the current one.
+    The current seasons are followed from the answers (credits, season ends, the
+    board list); a season no longer kept is 404 `season_not_found`, not a failure.
+    """
 
     def __init__(self) -> None:
-        self.credited: set[str] = set()
+        self.credited: set[tuple[str, int, str]] = set()  # (board, season, userId)
+        self.current: dict[str, int] = {}
 
     def after_response(
         self, ctx: schemathesis.CheckContext, response: schemathesis.Response, case: Any
     ) -> None:
-        if case.method == "POST" and case.path in UPDATE_PATHS and response.status_code == 200:
-            self.credited.add(response.json()["userId"])
-        elif case.method == "GET" and case.path == "/api/users/{userId}" and response.status_code != 200:
-            user_id = (case.path_parameters or {}).get("userId")
-            # requests removes `.` and `..` segments before sending (the document says: send %2E).
-            if user_id in self.credited and user_id not in (".", ".."):
-                raise AssertionError(f"The credited user {user_id!r} was answered {response.status_code}.")
+        status, path = response.status_code, case.path
+        if case.method == "POST" and status == 200:
+            if path in UPDATE_PATHS:
+                answer = response.json()
+                for board, credit in answer["boards"].items():
+                    self.credited.add((board, credit["season"], answer["userId"]))
+                    self.current[board] = max(self.current.get(board, 0), credit["season"])
+            elif path == RESET_PATH:
+                ended = response.json()
+                self.current[ended["board"]] = ended["season"]
+        elif case.method == "GET" and path == "/api/boards" and status == 200:
+            self.current.update({b["id"]: b["season"]["id"] for b in response.json()["boards"]})
+        elif case.method == "GET" and path in ("/api/users/{userId}", "/api/boards/{board}/users/{userId}"):
+            params = case.path_parameters or {}
+            board = params.get("board", DEFAULT_BOARD)
+            season = (case.query or {}).get("season") if "board" in params else None
+            if season is None:
+                season = self.current.get(board)
+            user_id = params.get("userId")
+            # Negative data may put anything there; requests removes `.` and `..` segments before
+            # sending (the document says: send %2E).
+            if status == 200 or not isinstance(season, int) or user_id in (".", ".."):
+                return
+            if not (isinstance(board, str) and isinstance(user_id, str)):
+                return
+            if (board, season, user_id) not in self.credited:
+                return
+            if status != 404 or response.json()["error"]["code"] != "season_not_found":
+                raise AssertionError(
+                    f"The user {user_id!r} credited on board {board!r} in season {season} was answered "
+                    f"{status}: {response.content[:200]!r}."
+                )
 
 
 def integer_literals(ctx: schemathesis.HookContext, body: Any) -> Any:
@@ -380,13 +493,17 @@ def integer_literals(ctx: schemathesis.HookContext, body: Any) -> Any:
 
 
 class Tokens:
-    """A player's token to start actions and redeem tickets, a service's for everything else."""
+    """A player's token to start actions and redeem tickets, an admin's to end seasons, a service's
+    for everything else."""
 
     player = f"Bearer {token(PLAYER, name='Fuzz Player', ttl=24 * 3600)}"
     service = f"Bearer {token('fuzz-backend', role=Role.SERVICE, ttl=24 * 3600)}"
+    admin = f"Bearer {token('fuzz-admin', role=Role.ADMIN, ttl=24 * 3600)}"
 
     @classmethod
     def for_case(cls, case: schemathesis.Case) -> str:
+        if case.operation.path == RESET_PATH:
+            return cls.admin
         redeems = isinstance(case.body, dict) and "ticket" in case.body
         return cls.player if case.operation.path == "/api/actions" or redeems else cls.service
 
@@ -400,12 +517,14 @@ class Tokens:
 def documented_refusals(
     ctx: schemathesis.HookContext, failure: Any, case: schemathesis.Case, response: schemathesis.Response
 ) -> bool:
-    """Keep every failure but two 422s to requests schemathesis takes for valid and the document does not:
+    """Keep every failure but three 422s to requests schemathesis takes for valid and the document does not:
 
     - a member of format `printable-text` that breaks the text rule: schemathesis cannot check a
       custom format, and its stateful phase reuses values from earlier (negative) requests;
+    - `metadata` over 512 bytes as compact JSON, which the document says and JSON Schema cannot;
     - `delta_mismatch`: a real ticket from the `redeem` link travels with generated members, and a
-      `scoreDelta` other than the ticket's points is rightly refused.
+      `scoreDelta` other than the ticket's points (or any, for a ticket of several boards) is
+      rightly refused.
     """
     if not (isinstance(failure, RejectedPositiveData) and response.status_code == 422):
         return True
@@ -414,6 +533,9 @@ def documented_refusals(
         return False
     name = error.get("field")
     body = case.body if isinstance(case.body, dict) else {}
+    if name == "metadata" and isinstance(body.get(name), dict):
+        # As the server measures it: what requests sends, decoded and encoded again by orjson.
+        return len(orjson.dumps(orjson.loads(json.dumps(body[name])))) <= MAX_METADATA_BYTES
     value = body.get(name, (case.path_parameters or {}).get(name))
     # A value the stateful phase carried over from a response may already be percent-encoded.
     return not (isinstance(value, str) and text_problem(unquote(value)) is not None)
@@ -422,7 +544,7 @@ def documented_refusals(
 def pick_token(ctx: schemathesis.HookContext, case: schemathesis.Case, kwargs: dict[str, Any]) -> None:
     """Choose our token again once the body is final: a link fills in a ticket after auth was set.
     A request sent without a token or with another one (the auth checks) is left alone."""
-    if case.headers.get("Authorization") in (Tokens.player, Tokens.service):
+    if case.headers.get("Authorization") in (Tokens.player, Tokens.service, Tokens.admin):
         case.headers["Authorization"] = Tokens.for_case(case)
 
 

@@ -1,5 +1,8 @@
 """The live page in a real headless Chromium: a credit over HTTP shows up on the page.
 
+With several boards the page shows one tab per board, the selected board's
+top K over its own stream, its season and a countdown to the season's end.
+
 Chromium comes from the system (`make test` installs Debian's `chromium`);
 Playwright drives it through `executable_path`. If the browser is missing the
 test fails: it never skips.
@@ -8,15 +11,22 @@ test fails: it never skips.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 from playwright.async_api import Browser, Page, Request, async_playwright, expect
 
 from scoreboard.app import SSE
+from scoreboard.tokens import Role
 from tests.conftest import StartServer
-from tests.helpers import ServerHandle
+from tests.helpers import FakeClock, ServerHandle, eventually, token
 
 CHROMIUM_ARGS = [
     "--headless=new",
@@ -50,14 +60,28 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 class Watched:
-    """A page with its script errors and console errors collected."""
+    """A page with its requests, script errors and console errors collected."""
 
     def __init__(self, page: Page) -> None:
         self.page = page
+        self.requests: list[Request] = []
         self.script_errors: list[str] = []
         self.console_errors: list[str] = []
+        page.on("request", self._on_request)  # Playwright cannot take a bound builtin
         page.on("pageerror", lambda exc: self.script_errors.append(str(exc)))
         page.on("console", lambda msg: self.console_errors.append(msg.text) if msg.type == "error" else None)
+
+    def _on_request(self, request: Request) -> None:
+        self.requests.append(request)
+
+    @property
+    def streams(self) -> list[Request]:
+        """The event streams the page opened, in order."""
+        return [r for r in self.requests if urlparse(r.url).path.endswith("/stream")]
+
+    def paths(self, path: str) -> int:
+        """How many requests the page made for `path`."""
+        return sum(urlparse(r.url).path == path for r in self.requests)
 
 
 async def open_page(browser: Browser, server: ServerHandle) -> Watched:
@@ -94,8 +118,6 @@ async def test_page_reconnects_and_resumes(browser: Browser, start: StartServer,
     server = await start(sqlite_url, sse_retry_ms=200)
     watched = await open_page(browser, server)
     page = watched.page
-    streams: list[Request] = []
-    page.on("request", lambda r: streams.append(r) if r.url.endswith("/scores/stream") else None)
     await expect(page.locator("#status")).to_have_text("live")
     await expect(page.locator("#empty")).to_be_visible()
     await server.credit("dan", 3, username="Dan")
@@ -109,8 +131,275 @@ async def test_page_reconnects_and_resumes(browser: Browser, start: StartServer,
     await expect(page.locator("#rows tr")).to_have_count(2)
     # The reconnect resumed from the last event it had, by Last-Event-ID.
     epoch = server.broadcaster.feed.epoch
-    headers = await streams[-1].all_headers()
+    assert len(watched.streams) == 2
+    headers = await watched.streams[-1].all_headers()
     assert headers.get("last-event-id") == f"{epoch}:1", headers
     assert watched.script_errors == []
     # The only console error is the cut stream itself.
     assert all("ERR_INCOMPLETE_CHUNKED_ENCODING" in e for e in watched.console_errors), watched.console_errors
+
+
+# ---- several boards -------------------------------------------------------
+
+# The default board is listed second on purpose: the page puts it first.
+BOARDS = """
+[boards.laps]
+title = "Fastest lap"
+operator = "best"
+order = "asc"
+min_value = 1
+max_value = 600000
+
+[boards.global]
+title = "All time"
+default = true
+
+[boards.daily]
+title = "Today"
+reset = "daily"
+archive = 3
+"""
+# The server's clock and the page's both start here: the daily season ends at
+# the next midnight UTC, 12 hours later, whenever the tests run.
+NOON = datetime(2026, 6, 1, 12, 0, tzinfo=UTC).timestamp()
+MIDNIGHT = datetime(2026, 6, 2, tzinfo=UTC).timestamp()
+COUNTDOWN = r"ends in (?:\d+d )?\d\d:\d\d:\d\d"
+
+
+@pytest.fixture
+def boards_file(tmp_path: Path) -> Path:
+    """The catalog of three boards."""
+    path = tmp_path / "boards.toml"
+    path.write_text(BOARDS)
+    return path
+
+
+@pytest.fixture
+def noon() -> FakeClock:
+    """The server's clock, at noon UTC (it moves only when told to)."""
+    return FakeClock(NOON)
+
+
+async def open_boards_page(
+    browser: Browser, server: ServerHandle, clock: FakeClock, *, behind_s: float = 0, **options: Any
+) -> Watched:
+    """The page, its clock starting `behind_s` before the server's (then running on by itself)."""
+    watched = Watched(await browser.new_page(locale="en-US", timezone_id="UTC", **options))
+    await watched.page.clock.install(time=clock.now - behind_s)
+    await watched.page.goto(server.url + "/")
+    return watched
+
+
+async def credit_boards(
+    server: ServerHandle, user: str, scores: dict[str, int], username: str | None = None
+) -> None:
+    """One service update crediting several boards at once."""
+    body: dict[str, Any] = {"userId": user, "actionId": uuid.uuid4().hex, "scores": scores}
+    if username is not None:
+        body["username"] = username
+    status, answer = await server.post("/scores/update", body, server.service_token)
+    assert status == 200, answer
+
+
+async def end_season(server: ServerHandle, clock: FakeClock, board: str, season: int) -> None:
+    """An admin ends `board`'s season `season` now."""
+    admin = token("ops", role=Role.ADMIN, now=clock.now)
+    status, answer = await server.post(f"/api/boards/{board}/reset", {"season": season}, admin)
+    assert (status, answer) == (200, {"board": board, "endedSeason": season, "season": season + 1})
+
+
+def subscribers(server: ServerHandle) -> dict[str, int]:
+    """Open streams per board."""
+    return {board: len(server.hubs.get(board).broadcaster) for board in ("global", "laps", "daily")}
+
+
+async def test_tabs_list_the_boards_default_first(
+    browser: Browser, start: StartServer, sqlite_url: str, boards_file: Path, noon: FakeClock
+) -> None:
+    server = await start(sqlite_url, catalog_file=boards_file, clock=noon)
+    await credit_boards(server, "ann", {"global": 5}, username="Ann")
+    watched = await open_boards_page(browser, server, noon)
+    page = watched.page
+    tabs = page.get_by_role("tablist", name="Boards").get_by_role("tab")
+    await expect(tabs).to_have_text(["All time", "Fastest lap", "Today"])
+    await expect(tabs.nth(0)).to_have_attribute("aria-selected", "true")
+    await expect(tabs.nth(1)).to_have_attribute("aria-selected", "false")
+    await expect(tabs.nth(2)).to_have_attribute("aria-selected", "false")
+    # Only the selected tab is a tab stop; the panel is named by it.
+    await expect(tabs.nth(0)).to_have_attribute("tabindex", "0")
+    await expect(tabs.nth(1)).to_have_attribute("tabindex", "-1")
+    panel = page.get_by_role("tabpanel")
+    await expect(panel).to_have_accessible_name("All time")
+    await expect(panel.get_by_role("columnheader")).to_have_text(["#", "Player", "Score"])
+    await expect(page.locator("#status")).to_have_text("live")
+    await expect(panel.get_by_role("row")).to_have_count(2)  # the header and Ann
+    await expect(page.locator("#rows tr").nth(0)).to_contain_text("Ann")
+    await expect(page.locator("#season")).to_have_text("Season 1 · never resets")
+    await expect(page).to_have_title("All time · Scoreboard")
+    assert [urlparse(r.url).path for r in watched.streams] == ["/api/boards/global/stream"]
+    assert watched.script_errors == watched.console_errors == []
+
+
+async def test_switching_tabs_switches_board_and_stream(
+    browser: Browser, start: StartServer, sqlite_url: str, boards_file: Path, noon: FakeClock
+) -> None:
+    server = await start(sqlite_url, catalog_file=boards_file, clock=noon)
+    await credit_boards(server, "ann", {"global": 5, "laps": 81234}, username="Ann")
+    watched = await open_boards_page(browser, server, noon)
+    page = watched.page
+    rows = page.locator("#rows tr")
+    season = page.locator("#season")
+    await expect(page.locator("#status")).to_have_text("live")
+    await expect(rows.nth(0).locator(".score")).to_have_text("5")
+
+    laps = page.get_by_role("tab", name="Fastest lap")
+    await laps.click()
+    await expect(laps).to_have_attribute("aria-selected", "true")
+    await expect(page.get_by_role("tab", name="All time")).to_have_attribute("aria-selected", "false")
+    await expect(page.get_by_role("tabpanel")).to_have_accessible_name("Fastest lap")
+    await expect(rows).to_have_count(1)
+    await expect(rows.nth(0).locator(".score")).to_have_text("81,234")
+    await expect(page.locator("#caption")).to_contain_text("lower is better")
+    await expect(season).to_have_text("Season 1 · never resets")
+    # Only the shown board has a stream open.
+    assert await eventually(lambda: subscribers(server) == {"global": 0, "laps": 1, "daily": 0}, 5)
+
+    # Live on the lap board: a faster lap goes above, lower is better.
+    await credit_boards(server, "bob", {"laps": 79000, "global": 1}, username="Bob")
+    await expect(rows).to_have_count(2)
+    await expect(rows.nth(0)).to_contain_text("Bob")
+    await expect(rows.nth(0).locator(".score")).to_have_text("79,000")
+    await expect(rows.nth(0)).to_have_class("changed")
+    await expect(rows.nth(1)).to_contain_text("Ann")
+    await credit_boards(server, "ann", {"laps": 78500})
+    await expect(rows.nth(0)).to_contain_text("Ann")
+    await expect(rows.nth(0).locator(".score")).to_have_text("78,500")
+    await expect(rows.nth(1)).to_contain_text("Bob")
+
+    # The arrow keys move along the tabs and select them.
+    await laps.press("ArrowRight")
+    today = page.get_by_role("tab", name="Today")
+    await expect(today).to_be_focused()
+    await expect(today).to_have_attribute("aria-selected", "true")
+    await expect(page.locator("#empty")).to_be_visible()
+    await expect(rows).to_have_count(0)
+    await expect(season).to_have_text(re.compile(rf"^Season 1 · {COUNTDOWN}$"))
+    await today.press("End")
+    await expect(today).to_have_attribute("aria-selected", "true")
+    await today.press("ArrowRight")  # wraps around
+    await expect(page.get_by_role("tab", name="All time")).to_be_focused()
+
+    # Back on the default board: what changed while it was hidden, then live again.
+    await expect(rows).to_have_count(2)
+    await expect(rows.nth(0)).to_contain_text("Ann")
+    await expect(rows.nth(1)).to_contain_text("Bob")
+    await expect(rows.nth(1).locator(".score")).to_have_text("1")
+    await credit_boards(server, "bob", {"global": 10})
+    await expect(rows.nth(0)).to_contain_text("Bob")
+    await expect(rows.nth(0).locator(".score")).to_have_text("11")
+    assert await eventually(lambda: subscribers(server) == {"global": 1, "laps": 0, "daily": 0}, 5)
+    assert [urlparse(r.url).path for r in watched.streams] == [
+        "/api/boards/global/stream",
+        "/api/boards/laps/stream",
+        "/api/boards/daily/stream",
+        "/api/boards/global/stream",
+    ]
+    assert watched.script_errors == watched.console_errors == []
+
+
+async def test_season_end_shows_the_new_empty_season(
+    browser: Browser, start: StartServer, sqlite_url: str, boards_file: Path, noon: FakeClock
+) -> None:
+    server = await start(sqlite_url, catalog_file=boards_file, clock=noon)
+    await credit_boards(server, "ann", {"daily": 4, "global": 4}, username="Ann")
+    watched = await open_boards_page(browser, server, noon)
+    page = watched.page
+    rows = page.locator("#rows tr")
+    season = page.locator("#season")
+    await page.get_by_role("tab", name="Today").click()
+    await expect(rows).to_have_count(1)
+    await expect(season).to_have_text(re.compile(rf"^Season 1 · {COUNTDOWN}$"))
+    assert watched.paths("/api/boards") == 1
+
+    await end_season(server, noon, "daily", 1)
+    # The new number, an empty board, and the season's end read again from the list.
+    await expect(season).to_have_text(re.compile(rf"^Season 2 · {COUNTDOWN}$"))
+    await expect(rows).to_have_count(0)
+    await expect(page.locator("#empty")).to_be_visible()
+    assert watched.paths("/api/boards") == 2
+    # The new season goes on live.
+    await credit_boards(server, "bob", {"daily": 2}, username="Bob")
+    await expect(rows).to_have_count(1)
+    await expect(rows.nth(0)).to_contain_text("Bob")
+    await expect(rows.nth(0).locator(".score")).to_have_text("2")
+
+    # A season that ended while its board was hidden shows when its tab is chosen.
+    await end_season(server, noon, "global", 1)
+    await page.get_by_role("tab", name="All time").click()
+    await expect(season).to_have_text("Season 2 · never resets")
+    await expect(page.locator("#empty")).to_be_visible()
+    await expect(rows).to_have_count(0)
+    await expect(page.locator("#status")).to_have_text("live")
+    assert watched.script_errors == watched.console_errors == []
+
+
+async def test_countdown_to_the_season_end(
+    browser: Browser, start: StartServer, sqlite_url: str, boards_file: Path, noon: FakeClock
+) -> None:
+    server = await start(sqlite_url, catalog_file=boards_file, clock=noon)
+    _, listing = await server.get("/api/boards")
+    assert {b["id"]: b["season"]["endsAt"] for b in listing["boards"]} == {
+        "laps": None,
+        "global": None,
+        "daily": MIDNIGHT,
+    }
+    # The page's clock starts two days early, so it can be moved forward by hand.
+    watched = await open_boards_page(browser, server, noon, behind_s=2 * 86400)
+    page = watched.page
+    season = page.locator("#season")
+    await expect(season).to_have_text("Season 1 · never resets")
+    await page.get_by_role("tab", name="Fastest lap").click()
+    await expect(season).to_have_text("Season 1 · never resets")
+    await page.get_by_role("tab", name="Today").click()
+    await expect(season).to_have_text(re.compile(rf"^Season 1 · {COUNTDOWN}$"))
+    await expect(page.locator("#season time")).to_have_attribute("datetime", "2026-06-02T00:00:00.000Z")
+
+    # The page's clock, stopped and moved by hand: the countdown follows it every second.
+    await page.clock.pause_at(MIDNIGHT - (86400 + 4 * 3600 + 5 * 60 + 6))
+    await expect(season).to_have_text("Season 1 · ends in 1d 04:05:06")
+    await page.clock.run_for(1100)
+    await expect(season).to_have_text("Season 1 · ends in 1d 04:05:05")
+    await page.clock.run_for(1000)
+    await expect(season).to_have_text("Season 1 · ends in 1d 04:05:04")
+    await page.clock.pause_at(MIDNIGHT - 3)
+    await expect(season).to_have_text("Season 1 · ends in 00:00:03")
+    await page.clock.run_for(1100)
+    await expect(season).to_have_text("Season 1 · ends in 00:00:02")
+    await page.clock.run_for(2000)
+    await expect(season).to_have_text("Season 1 · ending now")
+    assert watched.script_errors == watched.console_errors == []
+
+
+async def test_names_are_text_and_the_page_fits_a_phone(
+    browser: Browser, start: StartServer, sqlite_url: str, boards_file: Path, noon: FakeClock
+) -> None:
+    server = await start(sqlite_url, catalog_file=boards_file, clock=noon)
+    html = '<img src="/static/x.png" onerror="document.title=1">'
+    long = "Maximilian-Alexander-Konstantin-von-Hohenzollern-Sigmaringen"
+    await credit_boards(server, "eve", {"global": 9}, username=html)
+    await credit_boards(server, "max", {"global": 8}, username=long)
+    watched = await open_boards_page(browser, server, noon, viewport={"width": 360, "height": 740})
+    page = watched.page
+    rows = page.locator("#rows tr")
+    await expect(rows).to_have_count(2)
+    await expect(rows.nth(0).locator(".name")).to_have_text(html)
+    await expect(rows.nth(1).locator(".name")).to_have_text(long)
+    assert await page.locator("#rows img").count() == 0
+    await expect(page).to_have_title("All time · Scoreboard")
+    await expect(page.get_by_role("tab", name="Today")).to_be_visible()
+    # Nothing wider than the screen: the page never scrolls sideways.
+    width = await page.evaluate(
+        "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    assert width[0] <= width[1] == 360, width
+    assert watched.script_errors == watched.console_errors == []

@@ -64,7 +64,7 @@ async def test_shell_examples_run_as_written(start: StartServer, tmp_path: Path)
             assert '"success":true' in out.replace(" ", ""), f"{block}\n{out}"
     # The examples credited what they say they credit.
     users = {row["userId"]: row["score"] for row in await server.top()}
-    assert users.get("bob") == 25 and users.get("alice", 0) >= 1, users
+    assert users.get("bob") == 25 + 10 and users.get("alice", 0) >= 1, users  # two credits of bob
 
 
 async def test_ticket_script_runs_as_written(start: StartServer, tmp_path: Path) -> None:

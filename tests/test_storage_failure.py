@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
+from scoreboard.tokens import Role
 from tests.conftest import StartServer, create_database, drop_database
-from tests.helpers import ServerHandle, bearer, service_update
+from tests.helpers import ServerHandle, bearer, service_update, token
 from tests.pgcluster import PgCluster, StoredState, TcpProxy, read_state
 
 pytestmark = pytest.mark.slow
@@ -478,3 +479,29 @@ async def test_sqlite_full_disk_is_not_ready(tmp_path: Path, start: StartServer)
             assert (await server.credit("x", 1, "x-2"))["newScore"] == 2
         finally:
             await server.stop()  # before the unmount
+
+
+async def test_a_season_end_during_an_outage_is_503_and_works_after(
+    cluster_db: str, proxy: TcpProxy, start: StartServer
+) -> None:
+    server = await start(via(proxy, cluster_db), store_timeout_s=STORE_TIMEOUT_S, probe_interval_s=0.1)
+    await server.credit("warm", 1, "season-warm")
+    admin = token("ops", role=Role.ADMIN)
+    proxy.blackhole()
+    started = time.monotonic()
+    status, body = await server.post("/api/boards/global/reset", {"season": 1}, admin)
+    assert (status, body["error"]["code"]) == (503, "storage_unavailable"), body
+    assert time.monotonic() - started < STORE_TIMEOUT_S + 1
+    # Storage is now known to be down: refused at once, as updates are.
+    status, body = await server.post("/api/boards/global/reset", {"season": 1}, admin)
+    assert (status, body["error"]["code"]) == (503, "storage_unavailable"), body
+    proxy.forward()
+    for _ in range(100):
+        status, body = await server.post("/api/boards/global/reset", {"season": 1}, admin)
+        if status != 503:
+            break
+        await asyncio.sleep(0.1)
+    # Ended exactly once: either by this request, or by the one whose reply was lost.
+    assert (status, body.get("season", 2)) in ((200, 2), (409, 2)), body
+    status, boards = await server.get("/api/boards")
+    assert boards["boards"][0]["season"]["id"] == 2

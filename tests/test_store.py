@@ -11,15 +11,29 @@ import asyncpg
 import pytest
 
 from scoreboard.board import Entry
+from scoreboard.catalog import BoardSpec, Operator, Order, default_catalog
 from scoreboard.sqlite import sqlite_path
-from scoreboard.store import Outcome, Source, Store, Update, open_store
+from scoreboard.store import BoardCredit, Outcome, Source, Store, Update
+from scoreboard.stores import open_store
 from tests.conftest import StartServer
 from tests.helpers import ServerHandle, service_update
+
+BOARDS = {
+    **default_catalog().boards,
+    "laps": BoardSpec("laps", "Laps", Operator.BEST, Order.ASC, top_k=3, min_value=1, max_value=10**6),
+}
+
+
+async def opened(url: str) -> Store:
+    store = await open_store(url, boards=BOARDS)
+    for spec in BOARDS.values():
+        await store.ensure_board(spec, 1_000, None)
+    return store
 
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    s = await open_store(database_url)
+    s = await opened(database_url)
     try:
         yield s
     finally:
@@ -27,19 +41,29 @@ async def store(database_url: str) -> AsyncIterator[Store]:
 
 
 def up(action: str, user: str, delta: int, *, allow: bool = True, name: str | None = None) -> Update:
-    return Update(action, user, name, delta, Source.SERVICE, allow_credit=allow)
+    return Update.single(action, user, name, delta, Source.SERVICE, allow_credit=allow)
+
+
+def score(result: object) -> int | None:
+    credit = result.boards.get("global")  # type: ignore[attr-defined]
+    return None if credit is None else credit.score
 
 
 async def test_batch_classifies_new_duplicate_conflict_and_repeats(store: Store) -> None:
     first = await store.apply_batch(
         [up("a1", "u", 5), up("a2", "u", 3), up("b1", "v", 4, name="Vee")], [1, 2, 3], 10
     )
-    assert [(r.outcome, r.new_score) for r in first.results] == [
+    assert [(r.outcome, score(r)) for r in first.results] == [
         (Outcome.CREDITED, 5),
         (Outcome.CREDITED, 8),
         (Outcome.CREDITED, 4),
     ]
-    assert sorted(first.credited, key=lambda e: e.user_id) == [Entry("u", "u", 8, 2), Entry("v", "Vee", 4, 3)]
+    (committed,) = first.committed
+    assert (committed.board, committed.season, committed.version) == ("global", 1, 1)
+    assert sorted(committed.standings, key=lambda e: e.user_id) == [
+        Entry("u", "u", 8, 2),
+        Entry("v", "Vee", 4, 3),
+    ]
     second = await store.apply_batch(
         [
             up("a1", "u", 5),  # duplicate of an earlier batch
@@ -53,7 +77,7 @@ async def test_batch_classifies_new_duplicate_conflict_and_repeats(store: Store)
         [11, 12, 13, 14, 15, 16, 17],
         20,
     )
-    assert [(r.outcome, r.new_score) for r in second.results] == [
+    assert [(r.outcome, score(r)) for r in second.results] == [
         (Outcome.DUPLICATE, 5),
         (Outcome.CONFLICT, None),
         (Outcome.CREDITED, 9),
@@ -62,68 +86,124 @@ async def test_batch_classifies_new_duplicate_conflict_and_repeats(store: Store)
         (Outcome.NOT_CREDITED, None),
         (Outcome.DUPLICATE, 8),
     ]
-    assert second.credited == [Entry("u", "u", 9, 13)]
+    assert second.committed[0].standings == (Entry("u", "u", 9, 13),)
+    assert second.committed[0].version == 2
     assert [r.action_id for r in second.ledger] == ["c1"]
-    assert await store.top(10) == [Entry("u", "u", 9, 13), Entry("v", "Vee", 4, 3)]
-    standing = await store.standing("v")
+    assert await store.top("global", 1, 10) == [Entry("u", "u", 9, 13), Entry("v", "Vee", 4, 3)]
+    standing = await store.standing("global", 1, "v")
     assert standing is not None and standing.rank == 2
-    assert await store.standing("nobody") is None
+    assert await store.standing("global", 1, "nobody") is None
+
+
+async def test_several_boards_in_one_action_and_best_ascending(store: Store) -> None:
+    two = Update("m1", "u", None, (("global", 2), ("laps", 500)), Source.SERVICE, metadata=b'{"car":"red"}')
+    result = await store.apply_batch(
+        [two, Update.single("m2", "u", None, 700, Source.SERVICE, board="laps")], [1, 2], 3
+    )
+    assert result.results[0].boards == {"global": BoardCredit(1, 2, True), "laps": BoardCredit(1, 500, True)}
+    assert result.results[1].boards == {"laps": BoardCredit(1, 500, False)}  # slower: no change
+    assert [c.board for c in result.committed] == ["global", "laps"]
+    assert await store.top("laps", 1, 3) == [Entry("u", "u", 500, 1, b'{"car":"red"}')]
+    again = await store.apply_batch([two], [5], 6)
+    assert (
+        again.results[0].outcome is Outcome.DUPLICATE and again.results[0].boards == result.results[0].boards
+    )
+    assert again.committed == []
+    other = Update("m1", "u", None, (("global", 2),), Source.SERVICE)
+    assert (await store.apply_batch([other], [7], 8)).results[0].outcome is Outcome.CONFLICT
+
+
+async def test_season_end_keeps_the_archive_and_numbers_versions(database_url: str) -> None:
+    spec = BoardSpec("weekly", "Weekly", archive=1, default=True, reset="weekly")
+    store = await open_store(database_url, boards={"weekly": spec}, default_board="weekly")
+    try:
+        state = await store.ensure_board(spec, 100, 200)
+        assert (state.season, state.version, state.started_at, state.ends_at) == (1, 0, 100, 200)
+        await store.apply_batch([Update.single("w1", "u", None, 3, Source.SERVICE, board="weekly")], [1], 1)
+        change = await store.end_season(spec, 1, 200, 300)
+        assert change is not None and (change.ended, change.season, change.version) == (1, 2, 2)
+        assert await store.end_season(spec, 1, 200, 300) is None  # a retried end ends nothing
+        assert await store.top("weekly", 2, 10) == []
+        assert [e.score for e in await store.top("weekly", 1, 10)] == [3]  # archived
+        assert await store.season_started("weekly", 1) == 100
+        result = await store.apply_batch(
+            [Update.single("w2", "u", None, 4, Source.SERVICE, board="weekly")], [2], 2
+        )
+        assert result.results[0].boards["weekly"] == BoardCredit(2, 4, True)
+        assert result.committed[0].version == 3
+        change = await store.end_season(spec, 2, 300, 400)
+        assert change is not None
+        # archive = 1: season 2 is kept, season 1 is gone.
+        assert await store.season_started("weekly", 1) is None
+        assert await store.top("weekly", 1, 10) == []
+        assert [e.score for e in await store.top("weekly", 2, 10)] == [4]
+        state = await store.ensure_board(spec, 999, 12345)
+        assert (state.season, state.ends_at) == (3, 400)  # the schedule did not change: kept
+    finally:
+        await store.close()
 
 
 async def test_empty_and_all_duplicate_batches(store: Store) -> None:
     assert (await store.apply_batch([], [], 1)).results == []
     await store.apply_batch([up("x", "u", 1)], [1], 1)
     again = await store.apply_batch([up("x", "u", 1)], [2], 2)
-    assert again.credited == [] and again.ledger == []
+    assert again.committed == [] and again.ledger == []
 
 
 async def test_migrations_are_idempotent(database_url: str) -> None:
     for _ in range(3):
-        s = await open_store(database_url)
+        s = await opened(database_url)
         await s.apply_batch([up(f"m{id(s)}", "u", 1)], [1], 1)
         await s.close()
         await s.close()  # idempotent
-    s = await open_store(database_url)
+    s = await opened(database_url)
     try:
-        assert (await s.top(1))[0].score == 3
+        assert (await s.top("global", 1, 1))[0].score == 3
     finally:
         await s.close()
 
 
 async def test_top_k_uses_the_rank_index_sqlite(sqlite_url: str) -> None:
-    s = await open_store(sqlite_url)
+    s = await opened(sqlite_url)
     await s.close()
     con = sqlite3.connect(sqlite_path(sqlite_url))
     plan = " ".join(
         str(row[3])
         for row in con.execute(
-            "EXPLAIN QUERY PLAN SELECT id FROM users ORDER BY score DESC, reached_at, id LIMIT 10"
+            "EXPLAIN QUERY PLAN SELECT user_id FROM entries WHERE board = 'global' AND season = 1 "
+            "ORDER BY sort_key, reached_at, user_id LIMIT 10"
         )
     )
-    assert "users_by_rank" in plan and "TEMP B-TREE" not in plan, plan
+    assert "entries_by_rank" in plan and "TEMP B-TREE" not in plan, plan
     rank_plan = " ".join(
-        str(row[3]) for row in con.execute("EXPLAIN QUERY PLAN SELECT count(*) FROM users WHERE score > 5")
+        str(row[3])
+        for row in con.execute(
+            "EXPLAIN QUERY PLAN SELECT count(*) FROM entries "
+            "WHERE board = 'global' AND season = 1 AND sort_key < 5"
+        )
     )
-    assert "users_by_rank" in rank_plan, rank_plan
+    assert "entries_by_rank" in rank_plan, rank_plan
     con.close()
 
 
 async def test_top_k_uses_the_rank_index_postgres(pg_url: str) -> None:
-    s = await open_store(pg_url)
+    s = await opened(pg_url)
     await s.close()
     con = await asyncpg.connect(pg_url)
     try:
         await con.execute(
-            "INSERT INTO users SELECT 'u' || g, NULL, g % 5000, g, g FROM generate_series(1, 50000) g"
+            "INSERT INTO entries SELECT b, 1, 'u' || g, NULL, g % 5000, ~(g % 5000), g, NULL, g "
+            "FROM generate_series(1, 50000) g, unnest(ARRAY['global', 'laps', 'other']) b"
         )
-        await con.execute("ANALYZE users")
+        await con.execute("ANALYZE entries")
         plan = "\n".join(
             r[0]
             for r in await con.fetch(
-                "EXPLAIN SELECT id FROM users ORDER BY score DESC, reached_at, id LIMIT 10"
+                "EXPLAIN SELECT user_id FROM entries WHERE board = 'global' AND season = 1 "
+                "ORDER BY sort_key, reached_at, user_id LIMIT 10"
             )
         )
-        assert "Index" in plan and "users_by_rank" in plan and "Sort" not in plan, plan
+        assert "Index" in plan and "entries_by_rank" in plan and "Sort" not in plan, plan
     finally:
         await con.close()
 
@@ -138,8 +218,11 @@ async def test_credits_are_logged_as_events(server: ServerHandle, caplog: pytest
     assert event.pop("request_id")
     assert event == {
         "user_id": "logged",
-        "delta": 7,
+        "board": "global",
+        "season": 1,
+        "value": 7,
         "score_after": 7,
+        "improved": True,
         "action_id": "ev-1",
         "source": "service",
     }
@@ -148,7 +231,7 @@ async def test_credits_are_logged_as_events(server: ServerHandle, caplog: pytest
 async def test_ledger_lookup_stays_on_its_index_as_a_new_ledger_grows(
     start: StartServer, pg_url: str
 ) -> None:
-    # A prepared statement's generic plan chosen while scores_log was new and
+    # A prepared statement's generic plan chosen while the ledger was new and
     # tiny is a sequential scan, kept for the connection's life: every later
     # batch then read the whole ledger (3 benchmark runs in 24 fell to a third).
     # Batches of 50 on a fresh database make PostgreSQL pick that plan; the
@@ -165,8 +248,12 @@ async def test_ledger_lookup_stays_on_its_index_as_a_new_ledger_grows(
     con = await asyncpg.connect(pg_url)
     try:
         await con.execute(
-            "INSERT INTO scores_log (action_id, user_id, delta, score_after, source, created_at) "
-            "SELECT md5(i::text), 'bulk' || i, 1, 1, 'service', 0 FROM generate_series(1, 300000) AS i"
+            "INSERT INTO actions (action_id, user_id, source, created_at) "
+            "SELECT md5(i::text), 'bulk' || i, 'service', 0 FROM generate_series(1, 300000) AS i"
+        )
+        await con.execute(
+            "INSERT INTO credits (action_id, board, season, user_id, value, score_after, improved) "
+            "SELECT md5(i::text), 'global', 1, 'bulk' || i, 1, 1, true FROM generate_series(1, 300000) AS i"
         )
         for round_ in range(20):
             answers = await asyncio.gather(
@@ -178,12 +265,15 @@ async def test_ledger_lookup_stays_on_its_index_as_a_new_ledger_grows(
             assert all(status == 200 for status, _ in answers), round_
         await server.stop()  # the server's backends exit and flush their statistics
         await asyncio.sleep(0.5)
-        stats = await con.fetchrow(
-            "SELECT seq_scan, seq_tup_read, idx_scan FROM pg_stat_user_tables WHERE relname = 'scores_log'"
+        rows = await con.fetch(
+            "SELECT relname, seq_scan, seq_tup_read, idx_scan FROM pg_stat_user_tables "
+            "WHERE relname IN ('actions', 'credits')"
         )
     finally:
         await con.close()
-    # The first batches may scan the tiny table (a few thousand rows in all);
+    # The first batches may scan the tiny tables (a few thousand rows in all);
     # one scan of the grown ledger alone would read 300,000.
-    assert stats["seq_tup_read"] < 100_000, dict(stats)
-    assert stats["idx_scan"] >= 20, dict(stats)
+    # (credits are looked up only for actions already in the ledger.)
+    for stats in rows:
+        assert stats["seq_tup_read"] < 100_000, dict(stats)
+    assert {r["relname"]: r["idx_scan"] for r in rows}["actions"] >= 20, [dict(r) for r in rows]

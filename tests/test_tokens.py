@@ -94,7 +94,7 @@ def _none_alg(claims: dict[str, object]) -> str:
         ("bool exp", lambda: jwt.encode({"sub": "a", "exp": True}, SECRET, algorithm="HS256")),
         (
             "bad role",
-            lambda: jwt.encode({"sub": "a", "exp": NOW + 60, "role": "admin"}, SECRET, algorithm="HS256"),
+            lambda: jwt.encode({"sub": "a", "exp": NOW + 60, "role": "root"}, SECRET, algorithm="HS256"),
         ),
         ("oversized", lambda: mint_token(SECRET, sub="a", now=NOW, ttl_s=60, extra={"pad": "x" * 5000})),
         ("tampered", lambda: _tamper(mint_token(SECRET, sub="a", now=NOW, ttl_s=60))),

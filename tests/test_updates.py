@@ -20,6 +20,7 @@ async def test_service_update_credits_and_returns_board(server: ServerHandle) ->
         "userId": "alice",
         "newScore": 5,
         "duplicate": False,
+        "boards": {"global": {"season": 1, "score": 5, "improved": True}},
         "topUsers": [{"rank": 1, "userId": "alice", "username": "Alice", "score": 5}],
     }
     body = await server.credit("alice", 3)

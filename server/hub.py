@@ -1,0 +1,200 @@
+"""Board hubs: one per board owns its season, its top K, its feed and its subscribers.
+
+A hub changes only by applying values: `Committed` (a batch's part on this
+board) and `SeasonChange`, whoever produced them (the local writer today, a
+bus from other processes later, through the same `Hubs.apply`). Applying is
+idempotent: a value whose version is not newer than what the hub holds is
+ignored, never an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import orjson
+
+from .board import Board, Entry
+from .broadcast import Broadcaster
+from .catalog import BoardSpec
+from .errors import Code, ScoreboardError
+from .feed import Feed, entry_json
+from .store import BatchResult, BoardState, Committed, SeasonChange
+
+log = logging.getLogger("scoreboard.hub")
+
+
+class Hub:
+    """One board's live state: its current season's top K, feed and subscribers."""
+
+    def __init__(
+        self,
+        spec: BoardSpec,
+        state: BoardState,
+        entries: Sequence[Entry],
+        *,
+        epoch: str,
+        broadcaster: Callable[[Feed, Board], Broadcaster],
+        history: int = 1024,
+    ) -> None:
+        self.spec = spec
+        self.season = state.season
+        self.version = state.version
+        self.started_at = state.started_at
+        self.ends_at = state.ends_at
+        self.board = Board(spec.top_k, entries, desc=spec.desc)
+        self.feed = Feed(epoch, self.board.entries(), history=history, board_id=spec.id, season=state.season)
+        self.broadcaster = broadcaster(self.feed, self.board)
+        self._encoded_version = -1
+        self._encoded = orjson.Fragment(b"[]")
+        self.ignored = 0
+
+    @property
+    def id(self) -> str:
+        """The board id."""
+        return self.spec.id
+
+    def apply(self, committed: Committed) -> bool:
+        """Apply a board's part of a committed batch; False if it was not newer (ignored)."""
+        if (committed.season, committed.version) <= (self.season, self.version):
+            self.ignored += 1
+            return False
+        if committed.season != self.season:
+            # A commit from a season this hub has not seen start (a bus
+            # message that overtook the season change): its top K is not
+            # known here, so wait for the season change to be applied.
+            log.warning(
+                "commit_from_unknown_season",
+                extra={"fields": {"board": self.id, "season": committed.season, "hub_season": self.season}},
+            )
+            self.ignored += 1
+            return False
+        self.version = committed.version
+        if committed.top is not None:
+            self.board.replace(committed.top)
+        else:
+            for entry in committed.standings:
+                self.board.apply(entry)
+        self.broadcaster.board_changed()
+        return True
+
+    def season_changed(self, change: SeasonChange) -> bool:
+        """Start the next season (empty); subscribers get `board:season` and a snapshot."""
+        if change.season <= self.season:
+            self.ignored += 1
+            return False
+        # Diffs of the ending season still waiting for the tick go out first.
+        self.broadcaster.flush()
+        self.season = change.season
+        self.version = change.version
+        self.started_at = change.started_at
+        self.ends_at = change.ends_at
+        self.board.clear()
+        self.broadcaster.publish_events(
+            self.feed.new_season(self.board.entries(), change.ended, change.season)
+        )
+        return True
+
+    def reload(self, state: BoardState, entries: Sequence[Entry]) -> None:
+        """Take the store's state as it is (start-up, recovery after a storage outage)."""
+        if state.season > self.season:
+            self.season_changed(
+                SeasonChange(
+                    self.id, self.season, state.season, state.version, state.started_at, state.ends_at
+                )
+            )
+        self.version = max(self.version, state.version)
+        self.ends_at = state.ends_at
+        self.board.replace(entries)
+        self.broadcaster.board_changed()
+
+    def top_users(self) -> orjson.Fragment:
+        """The current top K as pre-encoded JSON, encoded once per change."""
+        if self._encoded_version != self.board.version:
+            self._encoded = orjson.Fragment(
+                orjson.dumps([entry_json(r.rank, r.entry) for r in self.board.ranked()])
+            )
+            self._encoded_version = self.board.version
+        return self._encoded
+
+    def describe(self) -> dict[str, object]:
+        """The board as `GET /api/boards` lists it."""
+        spec = self.spec
+        return {
+            "id": spec.id,
+            "title": spec.title,
+            "operator": spec.operator.value,
+            "order": spec.order.value,
+            "topK": spec.top_k,
+            "reset": spec.reset or None,
+            "default": spec.default,
+            "season": {"id": self.season, "startedAt": self.started_at, "endsAt": self.ends_at},
+        }
+
+
+class Hubs:
+    """Every board's hub, and the one door committed values come in through."""
+
+    def __init__(self, hubs: Mapping[str, Hub], default: str) -> None:
+        self._hubs = dict(hubs)
+        self.default = self._hubs[default]
+
+    def __iter__(self) -> Iterator[Hub]:
+        return iter(self._hubs.values())
+
+    def __len__(self) -> int:
+        return len(self._hubs)
+
+    def find(self, board: str) -> Hub | None:
+        """The hub of `board`, if there is such a board."""
+        return self._hubs.get(board)
+
+    def get(self, board: str) -> Hub:
+        """The hub of `board`; raises board_not_found."""
+        hub = self._hubs.get(board)
+        if hub is None:
+            raise ScoreboardError(Code.BOARD_NOT_FOUND, f"There is no board '{board}'.")
+        return hub
+
+    def apply(self, batch: BatchResult) -> None:
+        """Apply every board's part of a committed batch."""
+        for committed in batch.committed:
+            hub = self._hubs.get(committed.board)
+            if hub is not None:
+                hub.apply(committed)
+
+    def season_changed(self, change: SeasonChange) -> None:
+        """Apply a season change."""
+        hub = self._hubs.get(change.board)
+        if hub is not None:
+            hub.season_changed(change)
+
+    def close(self) -> None:
+        """Stop every hub's timers."""
+        for hub in self._hubs.values():
+            hub.broadcaster.close()
+
+
+class FanoutTotals:
+    """Every hub's subscriber counters added up (what `/metrics` reads)."""
+
+    def __init__(self, hubs: Hubs) -> None:
+        self._hubs = hubs
+
+    def __len__(self) -> int:
+        return sum(len(hub.broadcaster) for hub in self._hubs)
+
+    @property
+    def behind(self) -> int:
+        """Subscriptions currently conflated."""
+        return sum(hub.broadcaster.behind for hub in self._hubs)
+
+    @property
+    def deliveries(self) -> int:
+        """Events written to subscribers."""
+        return sum(hub.broadcaster.deliveries for hub in self._hubs)
+
+    @property
+    def conflations(self) -> int:
+        """Times a subscriber fell behind."""
+        return sum(hub.broadcaster.conflations for hub in self._hubs)
