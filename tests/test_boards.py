@@ -255,3 +255,17 @@ async def test_admin_tokens_cannot_credit(boards: ServerHandle) -> None:
         "/scores/update", {"userId": "a", "actionId": aid(), "scoreDelta": 1}, admin
     )
     assert (status, body["error"]["code"]) == (403, "forbidden")
+
+
+async def test_metadata_is_bounded_and_must_be_an_object(boards: ServerHandle) -> None:
+    # 512 bytes of compact UTF-8 JSON: {"k":"..."} is 8 bytes around the string.
+    fits = {"k": "é" * 252}  # 2 bytes each: 504 + 8 = 512
+    status, body = await multi(boards, "ann", {"laps": 90_000}, metadata=fits)
+    assert status == 200, body
+    status, body = await multi(boards, "ann", {"laps": 90_000}, metadata={"k": "é" * 252 + "x"})
+    assert (status, body["error"]["code"], body["error"]["field"]) == (422, "validation_failed", "metadata")
+    for bad in ([1], "car", 5):
+        status, body = await multi(boards, "ann", {"laps": 90_000}, metadata=bad)
+        assert (status, body["error"]["field"]) == (422, "metadata")
+    status, entry = await boards.get("/api/boards/laps/users/ann")
+    assert entry["metadata"] == fits

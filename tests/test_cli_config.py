@@ -174,6 +174,22 @@ def test_serve_refuses_a_bad_catalog(tmp_path: Path) -> None:
     assert "actions.a.points must be" in result.stderr
 
 
+def test_serve_refuses_a_bad_board_and_both_catalog_names(tmp_path: Path) -> None:
+    bad = tmp_path / "catalog.toml"
+    bad.write_text('[boards.global]\ndefault = true\nreset = "0 0 30 2 *"\n')
+    result = run_cli("serve", "--catalog-file", str(bad), "--data-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "boards.global.reset" in result.stderr and "never fires" in result.stderr, result.stderr
+    good = tmp_path / "good.toml"
+    good.write_text("[actions.a]\npoints = 1\n")
+    result = run_cli(
+        "serve", "--catalog-file", str(good), "--actions-file", str(good), "--data-dir", str(tmp_path)
+    )
+    assert result.returncode == 2
+    assert "--catalog-file" in result.stderr and "--actions-file" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 async def test_token_and_ticket_commands_work_against_the_server(
     start: StartServer, tmp_path: Path, sqlite_url: str
 ) -> None:
