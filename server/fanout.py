@@ -11,12 +11,12 @@ a decision in progress.
 States and transitions (`add` enters CURRENT from anywhere; `remove` leaves
 from anywhere, at any time, and is idempotent)::
 
-    CURRENT --publish, buffer > high_water-----------> BEHIND(since now)
-    CURRENT --written to (sent) or seen over hard_limit--> CLOSING 1008 "not reading"
-    CURRENT --write raised (failed)------------------> CLOSING 1011 "send failed"
-    BEHIND  --catch_up, buffer <= high_water // 4----> CURRENT, sent one snapshot
-    BEHIND  --catch_up, buffer > hard_limit----------> CLOSING 1008 "not reading"
-    BEHIND  --catch_up, behind > stuck_timeout_s-----> CLOSING 1013 "subscriber too slow"
+    CURRENT --publish: buffer > high_water----------> BEHIND (since now)
+    CURRENT --publish or sent: buffer > hard_limit--> CLOSING 1008 "not reading"
+    CURRENT --failed: the write raised--------------> CLOSING 1011 "send failed"
+    BEHIND  --catch_up: buffer <= high_water // 4---> CURRENT, sent one snapshot
+    BEHIND  --catch_up: buffer > hard_limit---------> CLOSING 1008 "not reading"
+    BEHIND  --catch_up: behind > stuck_timeout_s----> CLOSING 1013 "subscriber too slow"
 
 A CLOSING subscriber is sent nothing more; the driver closes it and then
 removes it. A BEHIND subscriber is skipped (its diffs are conflated away)

@@ -89,7 +89,8 @@ def test_ascending_boards_rank_lower_first() -> None:
     for e in (Entry("a", "a", 30, 1), Entry("b", "b", 10, 2), Entry("c", "c", 10, 3), Entry("d", "d", 5, 4)):
         board.apply(e)
     assert [e.user_id for e in board.entries()] == ["d", "b"]
-    assert rank_all([Entry("a", "a", 30, 1), Entry("b", "b", 10, 2)], 1, desc=False) == [Entry("b", "b", 10, 2)]
+    two = [Entry("a", "a", 30, 1), Entry("b", "b", 10, 2)]
+    assert rank_all(two, 1, desc=False) == [Entry("b", "b", 10, 2)]
 
 
 def test_replace_keeps_the_best_k() -> None:
