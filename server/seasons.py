@@ -67,7 +67,10 @@ class Seasons:
                 )
                 if change is None:
                     # Another process ended it: take the board's state as stored.
+                    season = hub.season
                     await self._reload(hub)
+                    if hub.season == season:  # not ended after all: never spin
+                        raise StorageError(f"season {season} of {hub.id!r} could not be ended")
                     continue
                 self._apply(change)
 
