@@ -172,15 +172,25 @@ def _choice(table: Mapping[str, Any], where: str, key: str, kind: type[StrEnum],
         raise CatalogError(f"{where}.{key} must be one of {allowed}") from None
 
 
-def _board(board_id: str, table: object, *, top_k: int, max_delta: int) -> BoardSpec:
-    where = f"boards.{board_id}"
-    if not BOARD_ID.match(board_id):
-        raise CatalogError(f"{where}: board ids are 1-64 characters of a-z 0-9 _ -")
+def _table(  # noqa: PLR0917
+    where: str, name: str, table: object, pattern: re.Pattern[str], rule: str, keys: set[str]
+) -> dict[str, Any]:
+    """A `[boards.<id>]` or `[actions.<name>]` table: a valid name, a table, only known keys."""
+    if not pattern.match(name):
+        raise CatalogError(f"{where}: {rule}")
     if not isinstance(table, dict):
         raise CatalogError(f"{where} must be a table")
-    extra = table.keys() - _BOARD_KEYS
+    extra = table.keys() - keys
     if extra:
         raise CatalogError(f"{where}: unknown keys {', '.join(sorted(extra))}")
+    return table
+
+
+def _board(board_id: str, table: object, *, top_k: int, max_delta: int) -> BoardSpec:
+    where = f"boards.{board_id}"
+    table = _table(
+        where, board_id, table, BOARD_ID, "board ids are 1-64 characters of a-z 0-9 _ -", _BOARD_KEYS
+    )
     operator: Operator = _choice(table, where, "operator", Operator, Operator.INCR)
     order: Order = _choice(table, where, "order", Order, Order.DESC)
     # An incr board bounds the delta (1 to SCOREBOARD_MAX_DELTA by default);
@@ -209,13 +219,7 @@ def _board(board_id: str, table: object, *, top_k: int, max_delta: int) -> Board
 
 def _action(name: str, table: object, boards: Mapping[str, BoardSpec], default: str) -> ActionType:
     where = f"actions.{name}"
-    if not _NAME.match(name):
-        raise CatalogError(f"{where}: names are 1-64 letters, digits, or _ . : -")
-    if not isinstance(table, dict):
-        raise CatalogError(f"{where} must be a table")
-    extra = table.keys() - _ACTION_KEYS
-    if extra:
-        raise CatalogError(f"{where}: unknown keys {', '.join(sorted(extra))}")
+    table = _table(where, name, table, _NAME, "names are 1-64 letters, digits, or _ . : -", _ACTION_KEYS)
     points = _int(table, where, "points", 1, MAX_POINTS, None)
     if points is None:
         raise CatalogError(f"{where}.points is required")

@@ -87,10 +87,14 @@ class Update:
         source: Source,
         *,
         board: str = "global",
-        **kw: object,
+        metadata: bytes | None = None,
+        allow_credit: bool = True,
+        request_id: str | None = None,
     ) -> Update:
         """An update of one board."""
-        return cls(action_id, user_id, username, ((board, value),), source, **kw)  # type: ignore[arg-type]
+        return cls(
+            action_id, user_id, username, ((board, value),), source, metadata, allow_credit, request_id
+        )
 
 
 class Outcome(StrEnum):

@@ -93,6 +93,24 @@ async def test_a_scheduled_end_starts_an_empty_season_and_keeps_the_archive(
     assert (status, body["error"]["code"]) == (404, "user_not_found")
 
 
+async def test_a_scheduled_end_happens_on_time_without_any_update(
+    start: StartServer, database_url: str, seasons_file: Path, clock: FakeClock
+) -> None:
+    # The timer looks again every season_check_s; no batch has to come along.
+    server = await start(database_url, catalog_file=seasons_file, clock=clock, season_check_s=0.05)
+    await credit(server, "ann", {"daily": 5})
+    ws = await server.session.ws_connect(server.ws_url)
+    await ws.send_json({"type": "subscribe", "channel": "board:daily"})
+    assert (await ws.receive_json(timeout=5))["season"] == 1
+    ends = (await board(server, "daily"))["season"]["endsAt"]
+    clock.now = ends + 0.1
+    season = await ws.receive_json(timeout=5)
+    assert (season["type"], season["endedSeason"], season["season"]) == ("board:season", 1, 2)
+    assert (await board(server, "daily"))["season"]["startedAt"] == ends
+    assert await scores(server, "daily", 1) == [("ann", 5)]
+    await ws.close()
+
+
 async def test_seasons_that_ended_while_the_server_was_down_end_at_start(
     start: StartServer, database_url: str, seasons_file: Path, clock: FakeClock
 ) -> None:
