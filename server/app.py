@@ -33,6 +33,7 @@ from .hub import FanoutTotals, Hub, Hubs
 from .jwks import jwks_keys
 from .metrics import METRICS, Metrics, MetricsEndpoint
 from .openapi import OPENAPI_PATH, OpenApiEndpoint, describe
+from .rankload import RankLoader
 from .seasons import Seasons
 from .service import ScoreService, record_commit, resync
 from .sse import SseEndpoint
@@ -179,6 +180,7 @@ async def _storage(
                 epoch=epoch,
                 broadcaster=broadcaster,
                 history=settings.broadcast_history,
+                ranks=settings.ranks == "memory",
             )
         board_hubs = Hubs(hubs, catalog.default)
         seasons = Seasons(board_hubs, store, plans, clock=clock, max_sleep_s=settings.season_check_s)
@@ -187,12 +189,19 @@ async def _storage(
         await seasons.roll_due()
         for hub in board_hubs:
             hub.board.replace(await store.top(hub.id, hub.season, hub.spec.top_k))
+        # Every rank comes after, in the background: the top K and updates
+        # are served meanwhile, and rank reads go to the store until then.
+        loader = RankLoader(board_hubs, store, chunk_rows=settings.rank_load_chunk)
+
+        async def recover() -> None:
+            await resync(board_hubs, store, math.floor(clock()))
+            loader.start()
 
         writer = Writer(
             store,
             clock_us=lambda: int(clock() * 1_000_000),
             on_commit=functools.partial(record_commit, board_hubs),
-            on_recover=lambda: resync(board_hubs, store, math.floor(clock())),
+            on_recover=recover,
             on_batch=app[METRICS].batch_committed,
             before_batch=seasons.roll_due,
             flush_interval_s=settings.flush_interval_ms / 1000,
@@ -219,8 +228,10 @@ async def _storage(
         )
         app[HUBS] = board_hubs
         app[METRICS].watch_storage(writer, app[SERVICE], FanoutTotals(board_hubs))
+        app[SERVICE].rank_state = lambda: loader.state
         writer.start()
         seasons.start(writer)
+        loader.start()
         log.info(
             "storage_ready",
             extra={
@@ -238,6 +249,7 @@ async def _storage(
         try:
             yield
         finally:
+            await loader.close()
             await seasons.close()
             await writer.close(settings.shutdown_timeout_s)
             board_hubs.close()

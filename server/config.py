@@ -23,6 +23,7 @@ from .tickets import MIN_SECRET_BYTES, TicketKeys
 from .tokens import MAX_JWKS_BYTES, KeySet, VerificationKey
 
 AckMode = Literal["commit", "memory"]
+RankMode = Literal["memory", "store"]
 
 
 class ConfigError(ValueError):
@@ -130,6 +131,15 @@ class Settings:
         "SCOREBOARD_ACK",
         "commit: answer after the batch commits; memory: answer at once (202)",
         default="commit",
+    )
+    ranks: RankMode = _opt(
+        "SCOREBOARD_RANKS",
+        "memory: every player's rank of every board kept in memory (loaded in the background at start); "
+        "store: ranks read from the database (top K still in memory)",
+        default="memory",
+    )
+    rank_load_chunk: int = _opt(
+        "SCOREBOARD_RANK_LOAD_CHUNK", "rows read at a time while loading ranks at start", default=5000
     )
     flush_interval_ms: float = _opt(
         "SCOREBOARD_FLUSH_INTERVAL_MS",
@@ -302,6 +312,8 @@ class Settings:
             (("season_check_s",), self.season_check_s > 0, "must be > 0"),
             (("max_delta",), 1 <= self.max_delta <= int64, f"must be from 1 to {int64} (2^63-1)"),
             (("ack",), self.ack in ("commit", "memory"), "must be 'commit' or 'memory'"),
+            (("ranks",), self.ranks in ("memory", "store"), "must be 'memory' or 'store'"),
+            (("rank_load_chunk",), self.rank_load_chunk >= 1, "must be at least 1"),
             (("flush_interval_ms",), self.flush_interval_ms >= 0, "must be >= 0"),
             (("flush_max_batch",), self.flush_max_batch >= 1, "must be at least 1"),
             (
@@ -481,7 +493,7 @@ def parse_value(f: dataclasses.Field[Any], raw: str, source: str | None = None) 
     `source` names where the value came from (default: the environment variable).
     """
     kind = str(f.type).replace(" | None", "")
-    if kind == "AckMode":
+    if kind in ("AckMode", "RankMode"):
         kind = "str"
     try:
         return _PARSERS[kind](raw)

@@ -42,6 +42,8 @@ class Code(StrEnum):
     BOARD_NOT_FOUND = "board_not_found"
     SEASON_NOT_FOUND = "season_not_found"
     SEASON_CONFLICT = "season_conflict"
+    USER_BLOCKED = "user_blocked"
+    ACTION_NOT_FOUND = "action_not_found"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     STORAGE_UNAVAILABLE = "storage_unavailable"

@@ -27,10 +27,22 @@ from .feed import entry_json
 from .identity import Identity, Role
 from .logs import request_id
 from .metrics import METRICS
+from .moderation import require_admin
 from .service import ScoreService
+from .standings import MAX_AROUND, MAX_IDS, MAX_OFFSET, MAX_PAGE, Listing
 from .store import StorageError
 from .tokens import TokenVerifier, bearer_token
-from .validation import check_members, integer, path_id, season_param, text
+from .validation import (
+    MAX_REASON_CHARS,
+    check_members,
+    id_list,
+    integer,
+    path_id,
+    query_int,
+    reason,
+    season_param,
+    text,
+)
 
 log = logging.getLogger("scoreboard.http")
 
@@ -41,6 +53,7 @@ STATUS: dict[Code, int] = {
     Code.INVALID_TOKEN: 401,
     Code.TOKEN_EXPIRED: 401,
     Code.FORBIDDEN: 403,
+    Code.USER_BLOCKED: 403,
     Code.INVALID_TICKET: 403,
     Code.TICKET_MISMATCH: 403,
     Code.TICKET_EXPIRED: 403,
@@ -48,6 +61,7 @@ STATUS: dict[Code, int] = {
     Code.USER_NOT_FOUND: 404,
     Code.BOARD_NOT_FOUND: 404,
     Code.SEASON_NOT_FOUND: 404,
+    Code.ACTION_NOT_FOUND: 404,
     Code.METHOD_NOT_ALLOWED: 405,
     Code.REQUEST_TIMEOUT: 408,
     Code.ACTION_CONFLICT: 409,
@@ -84,9 +98,31 @@ PAGE_HEADERS = {
 }
 USER_PATH = "/api/users/{user_id:[^/]+}"
 BOARD_PATH = "/api/boards/{board:[^/]+}"
+ADMIN_USER_PATH = "/api/admin/users/{user_id:[^/]+}"
 BODY_CODINGS = frozenset({"identity", "gzip", "deflate"})
+DEFAULT_AROUND = 5
+MAX_AUDIT = 100
+DEFAULT_AUDIT = 20
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _listing(found: Listing) -> web.Response:
+    return json_response(
+        {
+            "board": found.hub.id,
+            "season": found.season,
+            "total": found.total,
+            "entries": [entry_json(r.rank, r.entry) for r in found.entries],
+        }
+    )
+
+
+def _required_reason(body: object) -> str:
+    why = reason(body)
+    if why is None:
+        raise AssertionError("reason() refused a missing reason")
+    return why
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -261,8 +297,15 @@ class Routes:
         app.router.add_get(USER_PATH, self.user)
         app.router.add_get("/api/boards", self.boards)
         app.router.add_get(BOARD_PATH + "/scores", self.board_top)
+        app.router.add_get(BOARD_PATH + "/users", self.board_friends)
         app.router.add_get(BOARD_PATH + "/users/{user_id:[^/]+}", self.board_user)
+        app.router.add_delete(BOARD_PATH + "/users/{user_id:[^/]+}", self.remove_entry)
+        app.router.add_get(BOARD_PATH + "/users/{user_id:[^/]+}/around", self.board_around)
         app.router.add_post(BOARD_PATH + "/reset", self.reset)
+        app.router.add_post(ADMIN_USER_PATH + "/block", self.block)
+        app.router.add_delete(ADMIN_USER_PATH + "/block", self.unblock)
+        app.router.add_post("/api/admin/actions/{action_id:[^/]+}/revert", self.revert)
+        app.router.add_get("/api/admin/audit", self.audit)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/", self.page)
@@ -343,10 +386,11 @@ class Routes:
     async def user(self, request: web.Request) -> web.Response:
         """GET /api/users/{userId}: one user's score and rank on the default board."""
         user_id = path_id(request.match_info["user_id"], "userId")
-        _, _, standing = await self._service().standing(user_id)
-        e = standing.entry
+        found = await self._service().standings.standing(user_id)
+        ranked = found.entries[0]
+        e = ranked.entry
         return json_response(
-            {"userId": e.user_id, "username": e.username, "score": e.score, "rank": standing.rank}
+            {"userId": e.user_id, "username": e.username, "score": e.score, "rank": ranked.rank}
         )
 
     async def boards(self, request: web.Request) -> web.Response:
@@ -354,35 +398,146 @@ class Routes:
         return json_response({"boards": [hub.describe() for hub in self._service().hubs]})
 
     async def board_top(self, request: web.Request) -> web.Response:
-        """GET /api/boards/{board}/scores[?season=N]: a season's top K."""
-        board = request.match_info["board"]
-        season = season_param(request.query.get("season"))
-        hub, number, entries = await self._service().top(board, season)
-        listed = (
-            hub.top_users()
-            if entries is None
-            else [entry_json(rank, e) for rank, e in enumerate(entries, start=1)]
-        )
-        return json_response({"board": hub.id, "season": number, "entries": listed})
+        """GET /api/boards/{board}/scores[?offset=O&limit=L&season=N]: a page of a season (the top K)."""
+        service = self._service()
+        hub = service.hubs.get(request.match_info["board"])
+        query = request.query
+        season = season_param(query.get("season"))
+        top_k = hub.spec.top_k
+        offset = query_int(query.get("offset"), "offset", 0, MAX_OFFSET, 0)
+        limit = query_int(query.get("limit"), "limit", 1, max(MAX_PAGE, top_k), top_k)
+        if offset == 0 and limit == top_k and (season is None or season == hub.season):
+            ranks = hub.ranks
+            if ranks is not None:  # the common read: the top K encoded once per change
+                return json_response(
+                    {"board": hub.id, "season": hub.season, "total": len(ranks), "entries": hub.top_users()}
+                )
+        return _listing(await service.standings.page(offset, limit, hub.id, season))
 
     async def board_user(self, request: web.Request) -> web.Response:
-        """GET /api/boards/{board}/users/{userId}[?season=N]: one player's entry and rank."""
+        """GET /api/boards/{board}/users/{userId}[?season=N]: one player's entry, rank and the total."""
         board = request.match_info["board"]
         user_id = path_id(request.match_info["user_id"], "userId")
         season = season_param(request.query.get("season"))
-        hub, number, standing = await self._service().standing(user_id, board, season)
-        e = standing.entry
+        found = await self._service().standings.standing(user_id, board, season)
+        ranked = found.entries[0]
+        e = ranked.entry
         body: dict[str, Any] = {
-            "board": hub.id,
-            "season": number,
+            "board": found.hub.id,
+            "season": found.season,
             "userId": e.user_id,
             "username": e.username,
             "score": e.score,
-            "rank": standing.rank,
+            "rank": ranked.rank,
+            "total": found.total,
         }
         if e.metadata is not None:
             body["metadata"] = orjson.Fragment(e.metadata)
         return json_response(body)
+
+    async def board_around(self, request: web.Request) -> web.Response:
+        """GET /api/boards/{board}/users/{userId}/around[?count=5&season=N]: a player and their neighbours."""
+        board = request.match_info["board"]
+        user_id = path_id(request.match_info["user_id"], "userId")
+        query = request.query
+        count = query_int(query.get("count"), "count", 0, MAX_AROUND, DEFAULT_AROUND)
+        season = season_param(query.get("season"))
+        return _listing(await self._service().standings.around(user_id, count, board, season))
+
+    async def board_friends(self, request: web.Request) -> web.Response:
+        """GET /api/boards/{board}/users?ids=a,b,c[&season=N]: these players' places, best first."""
+        board = request.match_info["board"]
+        ids = id_list(request.query.get("ids"), "ids", MAX_IDS)
+        season = season_param(request.query.get("season"))
+        return _listing(await self._service().standings.many(ids, board, season))
+
+    async def _admin(self, request: web.Request) -> Identity:
+        identity = await self._authenticate(request)
+        require_admin(identity)
+        return identity
+
+    async def remove_entry(self, request: web.Request) -> web.Response:
+        """DELETE /api/boards/{board}/users/{userId}: an admin removes a player's entry."""
+        identity = await self._admin(request)
+        user_id = path_id(request.match_info["user_id"], "userId")
+        why = _required_reason(await self._json(request))
+        service = self._service()
+        hub = service.hubs.get(request.match_info["board"])
+        done = await service.moderation.remove_entry(identity, hub.id, user_id, why)
+        removed = done.removed[0]
+        return json_response(
+            {
+                "board": removed.board,
+                "season": removed.season,
+                "userId": user_id,
+                "removed": entry_json(removed.rank, removed.entry),
+            }
+        )
+
+    async def block(self, request: web.Request) -> web.Response:
+        """POST /api/admin/users/{userId}/block: refuse a player's credits, remove their entries."""
+        identity = await self._admin(request)
+        user_id = path_id(request.match_info["user_id"], "userId")
+        why = _required_reason(await self._json(request))
+        done = await self._service().moderation.block(identity, user_id, why)
+        return json_response(
+            {
+                "userId": user_id,
+                "blocked": True,
+                "changed": done.changed,
+                "removed": [
+                    {"board": r.board, "season": r.season, "rank": r.rank, "score": r.entry.score}
+                    for r in done.removed
+                ],
+            }
+        )
+
+    async def unblock(self, request: web.Request) -> web.Response:
+        """DELETE /api/admin/users/{userId}/block: lift a block."""
+        identity = await self._admin(request)
+        user_id = path_id(request.match_info["user_id"], "userId")
+        why = _required_reason(await self._json(request))
+        changed = await self._service().moderation.unblock(identity, user_id, why)
+        return json_response({"userId": user_id, "blocked": False, "changed": changed})
+
+    async def revert(self, request: web.Request) -> web.Response:
+        """POST /api/admin/actions/{actionId}/revert: undo an action on every board it wrote."""
+        identity = await self._admin(request)
+        action_id = path_id(request.match_info["action_id"], "actionId")
+        why = _required_reason(await self._json(request))
+        done = await self._service().moderation.revert(identity, action_id, why)
+        return json_response(
+            {
+                "actionId": action_id,
+                "userId": done.user_id,
+                "reverted": done.changed,
+                "boards": {
+                    board: {"season": season, "score": score}
+                    for board, (season, score) in done.boards.items()
+                },
+            }
+        )
+
+    async def audit(self, request: web.Request) -> web.Response:
+        """GET /api/admin/audit[?limit=N]: the latest admin operations, latest first."""
+        identity = await self._admin(request)
+        limit = query_int(request.query.get("limit"), "limit", 1, MAX_AUDIT, DEFAULT_AUDIT)
+        rows = await self._service().moderation.audit(identity, limit)
+        return json_response(
+            {
+                "entries": [
+                    {
+                        "id": r.id,
+                        "at": r.audit.at,
+                        "actor": r.audit.actor,
+                        "operation": r.audit.operation,
+                        "target": r.audit.target,
+                        "reason": r.audit.reason,
+                    }
+                    for r in rows
+                ]
+            }
+        )
 
     async def reset(self, request: web.Request) -> web.Response:
         """POST /api/boards/{board}/reset: an admin ends the current season now."""
@@ -393,10 +548,11 @@ class Routes:
         hub = service.hubs.get(request.match_info["board"])
         b = check_members(await self._json(request), ("season",), frozenset({"season", "reason"}))
         season = integer(b, "season", 1, 2**31 - 1)
-        text(b, "reason", 512)  # optional here; logged with the season end
+        why = text(b, "reason", MAX_REASON_CHARS)  # optional here
         if season is None:
             raise AssertionError("check_members refused a missing season")
-        change = await service.end_season(hub.id, season)
+        audit = service.moderation.audit_entry(identity, "reset", f"boards/{hub.id}/seasons/{season}", why)
+        change = await service.end_season(hub.id, season, audit)
         return json_response({"board": change.board, "endedSeason": change.ended, "season": change.season})
 
     async def page(self, request: web.Request) -> web.FileResponse:
@@ -430,4 +586,6 @@ class Routes:
                 "Storage is unavailable.",
                 retry_after=service.retry_after_s,
             )
-        return json_response({"status": "ready", "queued": service.writer.queued})
+        return json_response(
+            {"status": "ready", "queued": service.writer.queued, "ranks": service.rank_state()}
+        )

@@ -19,6 +19,7 @@ from .broadcast import Broadcaster
 from .catalog import BoardSpec
 from .errors import Code, ScoreboardError
 from .feed import Feed, entry_json
+from .ranks import RankIndex, Ranks
 from .store import BatchResult, BoardState, Committed, SeasonChange
 
 log = logging.getLogger("scoreboard.hub")
@@ -36,8 +37,11 @@ class Hub:
         epoch: str,
         broadcaster: Callable[[Feed, Board], Broadcaster],
         history: int = 1024,
+        ranks: bool = True,
     ) -> None:
         self.spec = spec
+        # Every player's rank in memory (None: ranks are read from the store).
+        self.index = RankIndex(desc=spec.desc) if ranks else None
         self.season = state.season
         self.version = state.version
         self.started_at = state.started_at
@@ -56,9 +60,14 @@ class Hub:
 
     def apply(self, committed: Committed) -> bool:
         """Apply a board's part of a committed batch; False if it was not newer (ignored)."""
-        if (committed.season, committed.version) <= (self.season, self.version):
+        if committed.version <= self.version:
             self.ignored += 1
             return False
+        if committed.season < self.season:
+            # A moderation of an archived season: nothing live changes, but
+            # the version it took is this board's.
+            self.version = committed.version
+            return True
         if committed.season != self.season:
             # A commit from a season this hub has not seen start (a bus
             # message that overtook the season change): its top K is not
@@ -75,6 +84,8 @@ class Hub:
         else:
             for entry in committed.standings:
                 self.board.apply(entry)
+        if self.index is not None:
+            self.index.change(committed.version, committed.standings, committed.removed)
         self.broadcaster.board_changed()
         return True
 
@@ -90,6 +101,8 @@ class Hub:
         self.started_at = change.started_at
         self.ends_at = change.ends_at
         self.board.clear()
+        if self.index is not None:
+            self.index.new_season()
         self.broadcaster.publish_events(
             self.feed.new_season(self.board.entries(), change.ended, change.season)
         )
@@ -107,6 +120,12 @@ class Hub:
         self.ends_at = state.ends_at
         self.board.replace(entries)
         self.broadcaster.board_changed()
+
+    @property
+    def ranks(self) -> Ranks | None:
+        """Every player's rank of the current season, if complete in memory."""
+        index = self.index
+        return index.ranks if index is not None and index.ready else None
 
     def top_users(self) -> orjson.Fragment:
         """The current top K as pre-encoded JSON, encoded once per change."""
@@ -162,6 +181,12 @@ class Hubs:
             hub = self._hubs.get(committed.board)
             if hub is not None:
                 hub.apply(committed)
+
+    def apply_one(self, committed: Committed) -> None:
+        """Apply one board's committed value (a moderation's)."""
+        hub = self._hubs.get(committed.board)
+        if hub is not None:
+            hub.apply(committed)
 
     def season_changed(self, change: SeasonChange) -> None:
         """Apply a season change."""

@@ -12,18 +12,26 @@ so nothing is credited twice even with two writers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import TypeVar
 
 import asyncpg
 
+from . import queries
 from .board import Entry, sort_key
 from .catalog import BOARD_ID, BoardSpec
 from .store import (
+    Audit,
+    AuditRow,
     BatchResult,
     BoardState,
     CreditRow,
     DataRefused,
+    Moderated,
+    Ranked,
     Record,
+    ScanChunk,
     SeasonChange,
     StorageError,
     StoredAction,
@@ -119,6 +127,32 @@ MIGRATIONS: list[tuple[int, str]] = [
         DROP TABLE users;
         """,
     ),
+    (
+        3,
+        # Moderation: what each action set (to rebuild a record without one),
+        # voided credits (removed entries, reverted actions), blocks, the audit.
+        """
+        ALTER TABLE actions ADD COLUMN stamp bigint;
+        ALTER TABLE actions ADD COLUMN username text;
+        ALTER TABLE actions ADD COLUMN metadata text;
+        ALTER TABLE actions ADD COLUMN reverted_at bigint;
+        ALTER TABLE credits ADD COLUMN voided smallint NOT NULL DEFAULT 0;
+        CREATE TABLE blocks (
+            user_id     text COLLATE "C" PRIMARY KEY,
+            blocked_at  bigint NOT NULL,
+            actor       text NOT NULL,
+            reason      text
+        );
+        CREATE TABLE audit (
+            id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at          bigint NOT NULL,
+            actor       text NOT NULL,
+            operation   text NOT NULL,
+            target      text NOT NULL,
+            reason      text
+        );
+        """,
+    ),
 ]
 _MIGRATION_LOCK = 0x5C0EB0A4D
 
@@ -152,8 +186,12 @@ ON CONFLICT (board, season, user_id) DO UPDATE SET
     updated_at = EXCLUDED.updated_at
 """
 _INSERT_ACTIONS = """
-INSERT INTO actions (action_id, user_id, source, created_at)
-SELECT *, $4 FROM unnest($1::text[], $2::text[], $3::text[])
+INSERT INTO actions (action_id, user_id, source, stamp, username, metadata, created_at)
+SELECT *, $7 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
+"""
+_SCAN = """
+SELECT user_id, username, score, reached_at, metadata FROM entries WHERE board = $1 AND season = $2
+ORDER BY sort_key, reached_at, user_id
 """
 _INSERT_CREDITS = """
 INSERT INTO credits (action_id, board, season, user_id, value, score_after, improved)
@@ -177,8 +215,25 @@ FROM entries e WHERE e.board = $1 AND e.season = $2 AND e.user_id = $3
 """
 _BOARD = "SELECT id, season, version, started_at, ends_at, reset FROM boards WHERE id = $1"
 _CONFLICT_RETRIES = 3
+T = TypeVar("T")
 _Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+@functools.lru_cache(maxsize=64)
+def _numbered(sql: str) -> str:
+    return queries.numbered(sql)
+
+
+async def _drive(con: _Connection, script: queries.Script[T]) -> T:
+    """Run a script on one connection, inside the caller's transaction."""
+    try:
+        sql, args = next(script)
+        while True:
+            rows = await con.fetch(_numbered(sql), *args)
+            sql, args = script.send([tuple(r) for r in rows])
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
 
 
 def _record(row: asyncpg.Record) -> Record:
@@ -205,6 +260,7 @@ class PostgresStore:
         self._default_board = default_board
         self._timeout_s = timeout_s
         self._closed = False
+        self._blocked: set[str] = set()
 
     @classmethod
     async def open(
@@ -243,6 +299,7 @@ class PostgresStore:
         store = cls(pool, boards=boards or {}, default_board=default_board, timeout_s=timeout_s)
         try:
             await store._migrate()
+            store._blocked = {r[0] for r in await pool.fetch("SELECT user_id FROM blocks")}
         except BaseException:
             await store.close()
             raise
@@ -295,7 +352,7 @@ class PostgresStore:
 
     async def _apply(self, batch: Sequence[Update], stamps: Sequence[int], now_us: int) -> BatchResult:
         async with self._pool.acquire() as con, con.transaction():
-            plan = plan_batch(batch, await self._existing(con, [u.action_id for u in batch]))
+            plan = plan_batch(batch, await self._existing(con, [u.action_id for u in batch]), self._blocked)
             boards = plan.boards()
             seasons: dict[str, int] = {}
             versions: dict[str, int] = {}
@@ -334,6 +391,9 @@ class PostgresStore:
                     [u.action_id for u in fresh],
                     [u.user_id for u in fresh],
                     [u.source.value for u in fresh],
+                    [stamps[i] for i in plan.fresh],
+                    [u.username for u in fresh],
+                    [None if u.metadata is None else u.metadata.decode() for u in fresh],
                     now_us,
                 )
                 ledger = applied.ledger
@@ -392,7 +452,7 @@ class PostgresStore:
             raise StorageError(f"postgresql: {exc}") from exc
 
     async def end_season(
-        self, spec: BoardSpec, season: int, ended_at: int, ends_at: int | None
+        self, spec: BoardSpec, season: int, ended_at: int, ends_at: int | None, audit: Audit | None = None
     ) -> SeasonChange | None:
         """End `season` and start the next; None if it is not current (see `Store.end_season`)."""
         try:
@@ -427,6 +487,8 @@ class PostgresStore:
                 await con.execute(
                     "DELETE FROM seasons WHERE board = $1 AND season < $2", spec.id, oldest_kept
                 )
+                if audit is not None:
+                    await _drive(con, queries.audit(audit))
                 return SeasonChange(spec.id, season, row[0], row[1], ended_at, ends_at)
         except _DRIVER_ERRORS as exc:
             raise StorageError(f"postgresql: {exc}") from exc
@@ -455,6 +517,91 @@ class PostgresStore:
         except _DRIVER_ERRORS as exc:
             raise StorageError(f"postgresql: {exc}") from exc
         return None if row is None else UserStanding(_record(row).entry(), row[5])
+
+    async def _read(self, script: queries.Script[T]) -> T:
+        """Run a read script in one read-only snapshot."""
+        try:
+            async with (
+                self._pool.acquire() as con,
+                con.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                return await _drive(con, script)
+        except _DRIVER_ERRORS as exc:
+            raise StorageError(f"postgresql: {exc}") from exc
+
+    async def _write(self, script: queries.Script[T]) -> T:
+        """Run a moderation script in one transaction."""
+        try:
+            async with self._pool.acquire() as con, con.transaction():
+                return await _drive(con, script)
+        except _DRIVER_ERRORS as exc:
+            raise StorageError(f"postgresql: {exc}") from exc
+
+    async def count(self, board: str, season: int) -> int:
+        """How many players are ranked on a board's season."""
+        return await self._read(queries.count(board, season))
+
+    async def page(self, board: str, season: int, offset: int, limit: int) -> Ranked:
+        """Ranks `offset + 1` to `offset + limit`."""
+        return await self._read(queries.page(board, season, offset, limit))
+
+    async def around(self, board: str, season: int, user_id: str, count: int) -> Ranked | None:
+        """A player's entry and `count` on each side."""
+        return await self._read(queries.around(board, season, user_id, count))
+
+    async def many(self, board: str, season: int, user_ids: Sequence[str]) -> Ranked:
+        """The ranked ones of `user_ids`, best first."""
+        return await self._read(queries.many(board, season, user_ids))
+
+    async def scan(self, board: str, season: int, chunk: int) -> AsyncGenerator[ScanChunk, None]:
+        """Every entry of a board's season in ranking order, from one snapshot (see `Store.scan`)."""
+        try:
+            async with (
+                self._pool.acquire() as con,
+                con.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                row = await con.fetchrow("SELECT season, version FROM boards WHERE id = $1", board)
+                if row is None or row[0] != season:
+                    return
+                cursor = await con.cursor(_SCAN, board, season)
+                while True:  # the first chunk comes even if empty: it carries the version
+                    rows = await cursor.fetch(chunk)
+                    yield ScanChunk(
+                        row[1],
+                        [(r[0], r[1], r[2], r[3], None if r[4] is None else r[4].encode()) for r in rows],
+                    )
+                    if len(rows) < chunk:
+                        break
+        except _DRIVER_ERRORS as exc:
+            raise StorageError(f"postgresql: {exc}") from exc
+
+    def is_blocked(self, user_id: str) -> bool:
+        """Whether an admin has blocked the player."""
+        return user_id in self._blocked
+
+    async def remove_entry(self, spec: BoardSpec, user_id: str, audit: Audit) -> Moderated | None:
+        """Delete a player's entry from the board's current season."""
+        return await self._write(queries.remove_entry(spec, user_id, audit))
+
+    async def block(self, user_id: str, audit: Audit) -> Moderated:
+        """Block a player and remove their current entries."""
+        done = await self._write(queries.block(list(self._specs.values()), user_id, audit))
+        self._blocked.add(user_id)
+        return done
+
+    async def unblock(self, user_id: str, audit: Audit) -> bool:
+        """Lift a block."""
+        changed = await self._write(queries.unblock(user_id, audit))
+        self._blocked.discard(user_id)
+        return changed
+
+    async def revert(self, action_id: str, audit: Audit) -> Moderated | None:
+        """Undo an action on every board it wrote."""
+        return await self._write(queries.revert(self._specs, action_id, audit, audit.at * 1_000_000))
+
+    async def audit_log(self, limit: int) -> list[AuditRow]:
+        """The latest admin operations."""
+        return await self._read(queries.audit_log(limit))
 
     async def ping(self) -> None:
         """Check that a pooled connection answers."""

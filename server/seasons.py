@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from .errors import Code, ScoreboardError
 from .hub import Hub, Hubs
 from .schedule import Schedule
-from .store import SeasonChange, StorageError, Store
+from .store import Audit, SeasonChange, StorageError, Store
 from .writer import Writer
 
 log = logging.getLogger("scoreboard.seasons")
@@ -94,7 +94,7 @@ class Seasons:
         state = await self._store.ensure_board(hub.spec, math.floor(self._clock()), hub.ends_at)
         hub.reload(state, await self._store.top(hub.id, state.season, hub.spec.top_k))
 
-    async def force_end(self, board: str, season: int) -> SeasonChange:
+    async def force_end(self, board: str, season: int, audit: Audit | None = None) -> SeasonChange:
         """End `season` of `board` now (an operator's reset); raises season_conflict if not current."""
         hub = self._hubs.get(board)
         writer = self._require_writer()
@@ -107,7 +107,9 @@ class Seasons:
                     f"Season {season} of board '{board}' is not the current one ({hub.season}).",
                     field="season",
                 )
-            change = await self._store.end_season(hub.spec, season, math.floor(self._clock()), hub.ends_at)
+            change = await self._store.end_season(
+                hub.spec, season, math.floor(self._clock()), hub.ends_at, audit
+            )
             if change is None:
                 await self._reload(hub)
                 raise ScoreboardError(

@@ -24,8 +24,11 @@ from .errors import Code, ScoreboardError
 from .hub import Hub, Hubs
 from .identity import Identity, Role
 from .logs import request_id
+from .moderation import Moderation
 from .ratelimit import RateLimiter
+from .standings import Standings
 from .store import (
+    Audit,
     BatchResult,
     Outcome,
     Result,
@@ -34,7 +37,6 @@ from .store import (
     StorageError,
     Store,
     Update,
-    UserStanding,
 )
 from .tickets import Ticket, TicketKeys, check_window, parse_ticket, sign_ticket
 from .validation import UpdateBody, parse_action_start, parse_update
@@ -159,6 +161,10 @@ class ScoreService:
         self._new_action_id = new_action_id
         self.writer = writer
         self.rate_limited = 0
+        # `memory`, `loading` or `store` (GET /readyz); the app sets it.
+        self.rank_state: Callable[[], str] = lambda: "store"
+        self.standings = Standings(hubs, store, season=self._season, unavailable=self._unavailable)
+        self.moderation = Moderation(hubs, store, writer, clock=clock)
 
     # -- actions ---------------------------------------------------------
 
@@ -174,6 +180,8 @@ class ScoreService:
 
     def start_action(self, identity: Identity, body: object) -> ActionStart:
         """Issue a ticket for one action of the type named in `body`."""
+        if self.store.is_blocked(identity.user_id):
+            raise ScoreboardError(Code.USER_BLOCKED, "This player is blocked from earning scores.")
         self._limit_player(identity, "a", self._actions_per_min, "action starts")
         name = parse_action_start(body)
         action = self._catalog.actions.get(name)
@@ -314,9 +322,12 @@ class ScoreService:
         prepared = self.prepare_update(identity, body)
         if not self.ack_commit:
             # Without waiting for the store the server cannot tell a retry
-            # from a new action, so an expired ticket is refused outright.
+            # from a new action, so an expired ticket is refused outright,
+            # and so is a blocked player.
             if prepared.if_new is not None:
                 raise prepared.if_new
+            if self.store.is_blocked(prepared.update.user_id):
+                raise ScoreboardError(Code.USER_BLOCKED, "This player is blocked from earning scores.")
             self.writer.submit(prepared.update).add_done_callback(_log_unacknowledged)
             return PendingCredit(prepared, None, self._default)
         return PendingCredit(prepared, self.writer.submit(prepared.update), self._default)
@@ -330,17 +341,19 @@ class ScoreService:
                 "This actionId was already used for another user, other boards or other values.",
                 field="actionId",
             )
+        if result.outcome is Outcome.BLOCKED:
+            raise ScoreboardError(Code.USER_BLOCKED, "This player is blocked from earning scores.")
         if result.outcome is Outcome.NOT_CREDITED:
             raise prepared.if_new or ScoreboardError(Code.INTERNAL_ERROR, "The update was not credited.")
         return result
 
     # -- seasons ---------------------------------------------------------
 
-    async def end_season(self, board: str, season: int) -> SeasonChange:
+    async def end_season(self, board: str, season: int, audit: Audit | None = None) -> SeasonChange:
         """End `season` of `board` now (an admin's reset); raises season_conflict if not current."""
         if self.seasons is None:
             raise AssertionError("the service was built without seasons")
-        return await self.seasons.force_end(board, season)
+        return await self.seasons.force_end(board, season, audit)
 
     # -- reads -----------------------------------------------------------
 
@@ -371,25 +384,6 @@ class ScoreService:
             return hub, number, await self.store.top(hub.id, number, hub.spec.top_k)
         except StorageError:
             raise self._unavailable() from None
-
-    async def standing(
-        self, user_id: str, board: str | None = None, season: int | None = None
-    ) -> tuple[Hub, int, UserStanding]:
-        """A user's entry and rank on a board's season (default: the default board's current one)."""
-        hub = self.hubs.default if board is None else self.hubs.get(board)
-        number = await self._season(hub, season)
-        if number == hub.season:
-            rank = hub.board.rank_of(user_id)
-            entry = hub.board.get(user_id)
-            if rank is not None and entry is not None:
-                return hub, number, UserStanding(entry, rank)
-        try:
-            found = await self.store.standing(hub.id, number, user_id)
-        except StorageError:
-            raise self._unavailable() from None
-        if found is None:
-            raise ScoreboardError(Code.USER_NOT_FOUND, f"No score is recorded for user '{user_id}'.")
-        return hub, number, found
 
 
 def _log_unacknowledged(future: asyncio.Future[Result]) -> None:

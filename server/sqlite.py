@@ -14,20 +14,26 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from . import queries
 from .board import Entry, sort_key
 from .catalog import BoardSpec
 from .store import (
+    Audit,
+    AuditRow,
     BatchPlan,
     BatchResult,
     BoardState,
     CreditRow,
     DataRefused,
+    Moderated,
+    Ranked,
     Record,
+    ScanChunk,
     SeasonChange,
     StorageError,
     StoredAction,
@@ -120,6 +126,29 @@ MIGRATIONS: list[str] = [
     DROP TABLE scores_log;
     DROP TABLE users
     """,
+    # Moderation: what each action set (to rebuild a record without one),
+    # voided credits (removed entries, reverted actions), blocks, the audit.
+    """
+    ALTER TABLE actions ADD COLUMN stamp INTEGER;
+    ALTER TABLE actions ADD COLUMN username TEXT;
+    ALTER TABLE actions ADD COLUMN metadata TEXT;
+    ALTER TABLE actions ADD COLUMN reverted_at INTEGER;
+    ALTER TABLE credits ADD COLUMN voided INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE blocks (
+        user_id     TEXT PRIMARY KEY,
+        blocked_at  INTEGER NOT NULL,
+        actor       TEXT NOT NULL,
+        reason      TEXT
+    ) WITHOUT ROWID;
+    CREATE TABLE audit (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        at          INTEGER NOT NULL,
+        actor       TEXT NOT NULL,
+        operation   TEXT NOT NULL,
+        target      TEXT NOT NULL,
+        reason      TEXT
+    )
+    """,
 ]
 
 _UPSERT_ENTRY = """
@@ -133,7 +162,10 @@ ON CONFLICT (board, season, user_id) DO UPDATE SET
     metadata = excluded.metadata,
     updated_at = excluded.updated_at
 """
-_INSERT_ACTION = "INSERT INTO actions (action_id, user_id, source, created_at) VALUES (?, ?, ?, ?)"
+_INSERT_ACTION = """
+INSERT INTO actions (action_id, user_id, source, created_at, stamp, username, metadata)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
 _INSERT_CREDIT = """
 INSERT INTO credits (action_id, board, season, user_id, value, score_after, improved)
 VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -153,6 +185,10 @@ SELECT (SELECT count(*) FROM entries WHERE board = ?1 AND season = ?2 AND sort_k
      + 1
 """
 _BOARD = "SELECT id, season, version, started_at, ends_at, reset FROM boards WHERE id = ?"
+_SCAN = """
+SELECT user_id, username, score, reached_at, metadata FROM entries WHERE board = ? AND season = ?
+ORDER BY sort_key, reached_at, user_id
+"""
 _CHUNK = 500
 
 
@@ -220,6 +256,7 @@ class SqliteStore:
         self._wcon: sqlite3.Connection | None = None
         self._rcon: sqlite3.Connection | None = None
         self._closed = False
+        self._blocked: set[str] = set()
 
     @classmethod
     async def open(
@@ -270,6 +307,7 @@ class SqliteStore:
         con.execute(f"PRAGMA synchronous = {self._synchronous}")
         self._wcon = con
         self._migrate(con)
+        self._blocked = {row[0] for row in con.execute("SELECT user_id FROM blocks")}
 
     def _open_reader(self) -> None:
         self._rcon = self._connect()
@@ -340,7 +378,9 @@ class SqliteStore:
     def _apply(self, batch: Sequence[Update], stamps: Sequence[int], now_us: int) -> BatchResult:
         con = self._require(self._wcon)
         with _write_transaction(con):
-            plan: BatchPlan = plan_batch(batch, self._existing(con, sorted({u.action_id for u in batch})))
+            plan: BatchPlan = plan_batch(
+                batch, self._existing(con, sorted({u.action_id for u in batch})), self._blocked
+            )
             seasons: dict[str, int] = {}
             versions: dict[str, int] = {}
             for board in plan.boards():
@@ -376,7 +416,18 @@ class SqliteStore:
             )
             con.executemany(
                 _INSERT_ACTION,
-                [(batch[i].action_id, batch[i].user_id, batch[i].source.value, now_us) for i in plan.fresh],
+                [
+                    (
+                        (u := batch[i]).action_id,
+                        u.user_id,
+                        u.source.value,
+                        now_us,
+                        stamps[i],
+                        u.username,
+                        _metadata(u.metadata),
+                    )
+                    for i in plan.fresh
+                ],
             )
             con.executemany(
                 _INSERT_CREDIT,
@@ -421,7 +472,7 @@ class SqliteStore:
         return await self._on(self._writer, ensure)
 
     async def end_season(
-        self, spec: BoardSpec, season: int, ended_at: int, ends_at: int | None
+        self, spec: BoardSpec, season: int, ended_at: int, ends_at: int | None, audit: Audit | None = None
     ) -> SeasonChange | None:
         """End `season` and start the next; None if it is not current (see `Store.end_season`)."""
         con = self._require(self._wcon)
@@ -447,6 +498,8 @@ class SqliteStore:
                 oldest_kept = season - spec.archive + 1
                 con.execute("DELETE FROM entries WHERE board = ? AND season < ?", (spec.id, oldest_kept))
                 con.execute("DELETE FROM seasons WHERE board = ? AND season < ?", (spec.id, oldest_kept))
+                if audit is not None:
+                    self._run(con, queries.audit(audit))
                 return SeasonChange(spec.id, season, row[0], row[1], ended_at, ends_at)
 
         return await self._on(self._writer, end)
@@ -486,6 +539,115 @@ class SqliteStore:
                 con.execute("COMMIT")
 
         return await self._on(self._reader, read)
+
+    @staticmethod
+    def _run(con: sqlite3.Connection, script: queries.Script[T]) -> T:
+        return queries.run_sync(script, lambda sql, args: con.execute(sql, args).fetchall())
+
+    async def _read(self, script: queries.Script[T]) -> T:
+        """Run a read script in one read transaction (one snapshot) on the reader thread."""
+        con = self._require(self._rcon)
+
+        def read() -> T:
+            con.execute("BEGIN")
+            try:
+                return self._run(con, script)
+            finally:
+                con.execute("COMMIT")
+
+        return await self._on(self._reader, read)
+
+    async def _write(self, script: queries.Script[T]) -> T:
+        """Run a moderation script in one write transaction on the writer thread."""
+        con = self._require(self._wcon)
+
+        def write() -> T:
+            with _write_transaction(con):
+                return self._run(con, script)
+
+        return await self._on(self._writer, write)
+
+    async def count(self, board: str, season: int) -> int:
+        """How many players are ranked on a board's season."""
+        return await self._read(queries.count(board, season))
+
+    async def page(self, board: str, season: int, offset: int, limit: int) -> Ranked:
+        """Ranks `offset + 1` to `offset + limit`."""
+        return await self._read(queries.page(board, season, offset, limit))
+
+    async def around(self, board: str, season: int, user_id: str, count: int) -> Ranked | None:
+        """A player's entry and `count` on each side."""
+        return await self._read(queries.around(board, season, user_id, count))
+
+    async def many(self, board: str, season: int, user_ids: Sequence[str]) -> Ranked:
+        """The ranked ones of `user_ids`, best first."""
+        return await self._read(queries.many(board, season, user_ids))
+
+    async def scan(self, board: str, season: int, chunk: int) -> AsyncGenerator[ScanChunk, None]:
+        """Every entry of a board's season in ranking order, from one snapshot (see `Store.scan`).
+
+        On its own connection and thread, so rank reads and batches go on meanwhile.
+        """
+        executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-scan")
+        con: sqlite3.Connection | None = None
+        try:
+            con = await self._on(executor, self._connect)
+            scan = con
+
+            def begin() -> tuple[int | None, sqlite3.Cursor]:
+                scan.execute("BEGIN")
+                row = scan.execute("SELECT season, version FROM boards WHERE id = ?", (board,)).fetchone()
+                version = None if row is None or row[0] != season else int(row[1])
+                return version, scan.execute(_SCAN, (board, season))
+
+            version, cursor = await self._on(executor, begin)
+            if version is None:
+                return
+
+            def fetch() -> list[tuple[str, str | None, int, int, bytes | None]]:
+                return [
+                    (r[0], r[1], r[2], r[3], None if r[4] is None else r[4].encode())
+                    for r in cursor.fetchmany(chunk)
+                ]
+
+            while True:  # the first chunk comes even if empty: it carries the version
+                rows = await self._on(executor, fetch)
+                yield ScanChunk(version, rows)
+                if len(rows) < chunk:
+                    break
+        finally:
+            if con is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.get_running_loop().run_in_executor(executor, con.close)
+            executor.shutdown(wait=False)
+
+    def is_blocked(self, user_id: str) -> bool:
+        """Whether an admin has blocked the player."""
+        return user_id in self._blocked
+
+    async def remove_entry(self, spec: BoardSpec, user_id: str, audit: Audit) -> Moderated | None:
+        """Delete a player's entry from the board's current season."""
+        return await self._write(queries.remove_entry(spec, user_id, audit))
+
+    async def block(self, user_id: str, audit: Audit) -> Moderated:
+        """Block a player and remove their current entries."""
+        done = await self._write(queries.block(list(self._specs.values()), user_id, audit))
+        self._blocked.add(user_id)
+        return done
+
+    async def unblock(self, user_id: str, audit: Audit) -> bool:
+        """Lift a block."""
+        changed = await self._write(queries.unblock(user_id, audit))
+        self._blocked.discard(user_id)
+        return changed
+
+    async def revert(self, action_id: str, audit: Audit) -> Moderated | None:
+        """Undo an action on every board it wrote."""
+        return await self._write(queries.revert(self._specs, action_id, audit, audit.at * 1_000_000))
+
+    async def audit_log(self, limit: int) -> list[AuditRow]:
+        """The latest admin operations."""
+        return await self._read(queries.audit_log(limit))
 
     async def ping(self) -> None:
         """Check that a transaction can be written, as a batch must be.

@@ -19,12 +19,12 @@ lives in `stores.py`, outside this interface module.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from .board import Entry
+from .board import Entry, RankedEntry
 from .catalog import BoardSpec, Operator
 
 INT64_MAX = 2**63 - 1
@@ -104,6 +104,9 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     CONFLICT = "conflict"
     NOT_CREDITED = "not_credited"
+    # A new action of a player an admin has blocked (retries of older ones
+    # still get their original answer).
+    BLOCKED = "blocked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +171,9 @@ class Committed:
     `version` numbers the board's commits (one counter per board in the
     database); `standings` are the new entries of the players written;
     `top` is the whole top K re-read in the same transaction, given for
-    boards where a place can worsen (see `BoardSpec.monotonic`).
+    boards where a place can worsen (see `BoardSpec.monotonic`) and with
+    every moderation; `removed` are the players whose entry was deleted
+    (a removal, a block, a revert that left no credit).
     """
 
     board: str
@@ -176,6 +181,15 @@ class Committed:
     version: int
     standings: tuple[Entry, ...]
     top: tuple[Entry, ...] | None = None
+    removed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ScanChunk:
+    """Rows of a board's season in ranking order, and the board version their snapshot includes."""
+
+    version: int
+    rows: list[tuple[str, str | None, int, int, bytes | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +223,58 @@ class BatchResult:
     results: list[Result]
     committed: list[Committed] = field(default_factory=list)
     ledger: list[CreditRow] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    """One admin operation, as the append-only audit table records it (`at` in Unix seconds)."""
+
+    at: int
+    actor: str
+    operation: str
+    target: str
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """A recorded admin operation and its number."""
+
+    id: int
+    audit: Audit
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """An entry a moderation deleted, as it was, with its rank then."""
+
+    board: str
+    season: int
+    rank: int
+    entry: Entry
+
+
+@dataclass(frozen=True, slots=True)
+class Moderated:
+    """What a moderation changed: the values the hubs apply, and what to tell the admin.
+
+    `boards` (reverts): each board the action wrote, with the season it
+    counted in and the player's score there now (None: no entry left).
+    """
+
+    user_id: str
+    changed: bool
+    committed: list[Committed] = field(default_factory=list)
+    removed: list[Removed] = field(default_factory=list)
+    boards: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """A page of a board's season as the store reads it: ranked players and how many there are."""
+
+    total: int
+    entries: list[RankedEntry]
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,9 +319,11 @@ class Applied:
     ledger: list[CreditRow]
 
 
-def plan_batch(batch: Sequence[Update], existing: Mapping[str, StoredAction]) -> BatchPlan:
+def plan_batch(
+    batch: Sequence[Update], existing: Mapping[str, StoredAction], blocked: Container[str] = frozenset()
+) -> BatchPlan:
     """Classify each update: a duplicate or conflict of the ledger or of the batch, not to be
-    credited, or fresh.
+    credited (an expired ticket, a blocked player), or fresh.
 
     The same action id with another user, or another set of boards or
     values, is a conflict; with the same ones it is a duplicate and gets the
@@ -292,6 +360,9 @@ def plan_batch(batch: Sequence[Update], existing: Mapping[str, StoredAction]) ->
         if not u.allow_credit:
             results[i] = Result(Outcome.NOT_CREDITED, u.user_id)
             continue
+        if u.user_id in blocked:
+            results[i] = Result(Outcome.BLOCKED, u.user_id)
+            continue
         first[u.action_id] = i
         fresh.append(i)
     return BatchPlan(batch, results, fresh, repeats)
@@ -300,6 +371,47 @@ def plan_batch(batch: Sequence[Update], existing: Mapping[str, StoredAction]) ->
 def better(value: int, than: int, desc: bool) -> bool:
     """Whether `value` ranks before `than` on a board of that order."""
     return value > than if desc else value < than
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """One credit of a player on one board, as the ledger holds it: what a record is folded from."""
+
+    user_id: str
+    value: int
+    stamp: int
+    username: str | None
+    metadata: bytes | None
+
+
+def step(spec: BoardSpec, old: Record | None, credit: Credit) -> tuple[Record, bool]:
+    """A record after one credit, and whether the credit changed it.
+
+    `incr` adds; `best` keeps the strictly better value (the first to reach
+    a value keeps its place); `latest` takes the value. A changed record
+    takes the credit's stamp, metadata and (if given) display name. Raises
+    DataRefused (overflow) when an `incr` record would leave int64.
+    """
+    username = credit.username if credit.username is not None else (old.username if old else None)
+    if spec.operator is Operator.INCR:
+        score = credit.value + (old.score if old else 0)
+        if not INT64_MIN <= score <= INT64_MAX:
+            raise DataRefused(
+                f"the score of {credit.user_id!r} on {spec.id!r} would leave int64", overflow=True
+            )
+    elif spec.operator is Operator.LATEST or old is None or better(credit.value, old.score, spec.desc):
+        score = credit.value
+    else:
+        return old, False
+    return Record(credit.user_id, username, score, credit.stamp, credit.metadata), True
+
+
+def replay(spec: BoardSpec, credits: Sequence[Credit]) -> Record | None:
+    """The record folded from a player's live credits on one board and season, in order."""
+    record: Record | None = None
+    for credit in credits:
+        record, _ = step(spec, record, credit)
+    return record
 
 
 def apply_plan(
@@ -322,22 +434,11 @@ def apply_plan(
         u = plan.batch[i]
         credits: dict[str, BoardCredit] = {}
         for board, value in u.scores:
-            spec = specs[board]
             key = (board, u.user_id)
             old = records.get(key) or current.get(key)
-            username = u.username if u.username is not None else (old.username if old else None)
-            improved = True
-            if spec.operator is Operator.INCR:
-                score = value + (old.score if old else 0)
-                if not INT64_MIN <= score <= INT64_MAX:
-                    raise DataRefused(
-                        f"the score of {u.user_id!r} on {board!r} would leave int64", overflow=True
-                    )
-                new = Record(u.user_id, username, score, stamps[i], u.metadata)
-            elif spec.operator is Operator.LATEST or old is None or better(value, old.score, spec.desc):
-                new = Record(u.user_id, username, value, stamps[i], u.metadata)
-            else:
-                new, improved = old, False
+            new, improved = step(
+                specs[board], old, Credit(u.user_id, value, stamps[i], u.username, u.metadata)
+            )
             if improved:
                 records[key] = new
             credits[board] = BoardCredit(seasons[board], new.score, improved)
@@ -398,12 +499,13 @@ class Store(Protocol):
         ...
 
     async def end_season(
-        self, spec: BoardSpec, season: int, ended_at: int, ends_at: int | None
+        self, spec: BoardSpec, season: int, ended_at: int, ends_at: int | None, audit: Audit | None = None
     ) -> SeasonChange | None:
         """End `season` of the board at `ended_at` and start the next (ending at `ends_at`).
 
         None if `season` is not the current one (a retried or raced end).
-        Seasons beyond `spec.archive` finished ones are deleted.
+        Seasons beyond `spec.archive` finished ones are deleted. `audit`
+        (an admin's reset) is recorded in the same transaction.
         """
         ...
 
@@ -417,6 +519,56 @@ class Store(Protocol):
 
     async def standing(self, board: str, season: int, user_id: str) -> UserStanding | None:
         """A user's entry and rank, or None if the user has no entry."""
+        ...
+
+    async def count(self, board: str, season: int) -> int:
+        """How many players are ranked on a board's season."""
+        ...
+
+    async def page(self, board: str, season: int, offset: int, limit: int) -> Ranked:
+        """The entries ranked `offset + 1` to `offset + limit`, read in one transaction."""
+        ...
+
+    async def around(self, board: str, season: int, user_id: str, count: int) -> Ranked | None:
+        """A player's entry and `count` on each side (filled from the other side at an edge)."""
+        ...
+
+    async def many(self, board: str, season: int, user_ids: Sequence[str]) -> Ranked:
+        """The ranked ones of `user_ids`, best first, with the board's total."""
+        ...
+
+    def scan(self, board: str, season: int, chunk: int) -> AsyncGenerator[ScanChunk, None]:
+        """Every entry of a board's season in ranking order, from one snapshot, in chunks.
+
+        Each chunk carries the board's version the snapshot includes (the
+        same for all chunks) and rows `(user_id, username, score,
+        reached_at, metadata)`; the first comes even when there are no rows,
+        and none at all if `season` is not the board's current one.
+        """
+        ...
+
+    def is_blocked(self, user_id: str) -> bool:
+        """Whether an admin has blocked the player (kept in memory, loaded at open)."""
+        ...
+
+    async def remove_entry(self, spec: BoardSpec, user_id: str, audit: Audit) -> Moderated | None:
+        """Delete a player's entry from the board's current season; None if there is none."""
+        ...
+
+    async def block(self, user_id: str, audit: Audit) -> Moderated:
+        """Block a player and delete their entries from every board's current season."""
+        ...
+
+    async def unblock(self, user_id: str, audit: Audit) -> bool:
+        """Lift a block; False if the player was not blocked."""
+        ...
+
+    async def revert(self, action_id: str, audit: Audit) -> Moderated | None:
+        """Undo an action on every board it wrote; None if the ledger has no such action."""
+        ...
+
+    async def audit_log(self, limit: int) -> list[AuditRow]:
+        """The latest recorded admin operations, latest first."""
         ...
 
     async def ping(self) -> None:

@@ -20,6 +20,7 @@ from .text import text_problem
 from .tickets import MAX_BOARDS, MAX_METADATA_BYTES, MAX_TICKET_CHARS
 
 MAX_STRING_CHARS = 128
+MAX_REASON_CHARS = 512
 INT64 = 2**63
 
 
@@ -151,6 +152,39 @@ def season_param(value: str | None) -> int | None:
     if not (value.isascii() and value.isdigit()) or len(value) > 10 or not 1 <= int(value) < 2**31:
         raise invalid("season", "'season' must be a season number from 1 to 2147483647.")
     return int(value)
+
+
+def query_int(value: str | None, name: str, low: int, high: int, default: int) -> int:
+    """An integer query parameter in [low, high] in ASCII digits; `default` when absent."""
+    if value is None:
+        return default
+    if not (value.isascii() and value.isdigit()) or len(value) > 12 or not low <= int(value) <= high:
+        raise invalid(name, f"'{name}' must be an integer from {low} to {high}.")
+    return int(value)
+
+
+def id_list(value: str | None, name: str, limit: int) -> list[str]:
+    """A comma-separated list of 1 to `limit` distinct ids (duplicates count once), in order."""
+    if value is None or not value:
+        raise invalid(name, f"'{name}' must list 1 to {limit} comma-separated ids.")
+    ids = list(dict.fromkeys(value.split(",")))
+    if len(ids) > limit:
+        raise invalid(name, f"'{name}' must list 1 to {limit} comma-separated ids.")
+    for user_id in ids:
+        problem = text_problem(user_id) if user_id else "nothing"
+        if problem is not None or len(user_id) > MAX_STRING_CHARS:
+            raise invalid(
+                name,
+                f"Each id in '{name}' must be 1 to {MAX_STRING_CHARS} characters without "
+                "control or format characters.",
+            )
+    return ids
+
+
+def reason(body: object, *, required: bool = True) -> str | None:
+    """An admin body `{"reason"}`: 1 to 512 characters (required unless told otherwise)."""
+    b = check_members(body, ("reason",) if required else (), frozenset({"reason"}))
+    return text(b, "reason", MAX_REASON_CHARS)
 
 
 def _required(value: str | None) -> str:

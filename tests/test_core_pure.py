@@ -30,6 +30,8 @@ CORE = [
     "fanout",
     "feed",
     "identity",
+    "queries",
+    "ranks",
     "ratelimit",
     "store",
     "text",
@@ -52,6 +54,8 @@ ALLOWED = {
     "typing",
     "unicodedata",
     "orjson",
+    # A pure-Python ordered list (no I/O): every player's rank in `ranks`.
+    "sortedcontainers",
 }
 
 

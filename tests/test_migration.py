@@ -297,4 +297,4 @@ async def test_a_release_database_is_migrated_with_nothing_lost(
         for user, standing in expected_users.items():
             status, body = await get(http, again.url, user_path(user, "/api/boards/global/users/"))
             assert status == 200, (user, body)
-            assert body == {"board": "global", "season": 1, **standing}, user
+            assert body == {"board": "global", "season": 1, "total": len(expected_users), **standing}, user
