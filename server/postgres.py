@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import TypeVar
 
@@ -215,6 +216,7 @@ FROM entries e WHERE e.board = $1 AND e.season = $2 AND e.user_id = $3
 """
 _BOARD = "SELECT id, season, version, started_at, ends_at, reset FROM boards WHERE id = $1"
 _CONFLICT_RETRIES = 3
+log = logging.getLogger("scoreboard.postgres")
 T = TypeVar("T")
 _Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
@@ -617,6 +619,11 @@ class PostgresStore:
         self._closed = True
         try:
             await asyncio.wait_for(self._pool.close(), self._timeout_s)
-        except BaseException:
+        except asyncio.CancelledError:
             self._pool.terminate()
             raise
+        except (*_DRIVER_ERRORS, asyncpg.exceptions.InterfaceError):
+            # A database that stopped answering (an idle connection's
+            # goodbye never acknowledged): closing must still end.
+            log.warning("pool_terminated", extra={"fields": {"timeout_s": self._timeout_s}})
+            self._pool.terminate()

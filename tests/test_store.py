@@ -151,9 +151,9 @@ async def test_empty_and_all_duplicate_batches(store: Store) -> None:
 
 
 async def test_migrations_are_idempotent(database_url: str) -> None:
-    for _ in range(3):
+    for attempt in range(3):
         s = await opened(database_url)
-        await s.apply_batch([up(f"m{id(s)}", "u", 1)], [1], 1)
+        await s.apply_batch([up(f"m{attempt}", "u", 1)], [1], 1)
         await s.close()
         await s.close()  # idempotent
     s = await opened(database_url)
