@@ -2,6 +2,10 @@
 
 With several boards the page shows one tab per board, the selected board's
 top K over its own stream, its season and a countdown to the season's end.
+A "find me" box shows one player's rank and the players around them; the
+player who moved is highlighted with an arrow and their gain; the page fits
+a phone; it says whether it is loading, live, reconnecting or offline (and
+when it retries), and how long ago the board changed.
 
 Chromium comes from the system (`make test` installs Debian's `chromium`);
 Playwright drives it through `executable_path`. If the browser is missing the
@@ -10,9 +14,13 @@ test fails: it never skips.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import math
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -403,3 +411,351 @@ async def test_names_are_text_and_the_page_fits_a_phone(
     )
     assert width[0] <= width[1] == 360, width
     assert watched.script_errors == watched.console_errors == []
+
+
+# ---- a screen worth showing: find me, movement, fit, freshness, states -----
+
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+VIEWPORTS = [pytest.param(DESKTOP, id="desktop"), pytest.param(PHONE, id="phone")]
+AROUND = 3  # the page asks for this many players on each side of the one found
+
+# Every element that reaches past the left or right edge of the viewport.
+OVERFLOW_JS = """() => {
+  const width = window.innerWidth;
+  const outside = [...document.querySelectorAll("body *")].filter((el) => {
+    const r = el.getBoundingClientRect();
+    return r.width > 0 && (r.left < -0.5 || r.right > width + 0.5);
+  }).map((el) => `${el.tagName.toLowerCase()}#${el.id}.${el.className}`);
+  return { scrollWidth: document.documentElement.scrollWidth, width, outside };
+}"""
+
+# Records the rows that start sliding (a CSS transform transition).
+RECORD_SLIDES_JS = """() => {
+  window.slid = [];
+  document.getElementById("rows").addEventListener("transitionrun", (e) => {
+    if (e.propertyName === "transform") window.slid.push(e.target.dataset.userId);
+  });
+}"""
+
+# Records every text the connection state shows, with the page's time.
+RECORD_STATES_JS = """() => {
+  const status = document.getElementById("status");
+  window.states = [[performance.now(), status.textContent]];
+  new MutationObserver(() => window.states.push([performance.now(), status.textContent]))
+    .observe(status, { childList: true, characterData: true, subtree: true });
+}"""
+
+
+def not_http_errors(watched: Watched) -> list[str]:
+    """Console errors other than the browser's note of an HTTP error answer or a cut stream."""
+    expected = ("the server responded with a status of", "ERR_CONNECTION_REFUSED", "ERR_INCOMPLETE_CHUNKED")
+    return [e for e in watched.console_errors if not any(x in e for x in expected)]
+
+
+def standings(scores: dict[str, int]) -> list[str]:
+    """User ids best first (distinct scores: no tie-break needed)."""
+    assert len(set(scores.values())) == len(scores)
+    return sorted(scores, key=lambda user: -scores[user])
+
+
+def around_window(order: list[str], user: str, count: int = AROUND) -> list[tuple[int, str]]:
+    """(rank, userId) of the around-me window, as the contract defines it."""
+    rank = order.index(user) + 1
+    start = max(0, min(rank - 1 - count, len(order) - (2 * count + 1)))
+    return [(i + 1, order[i]) for i in range(start, min(len(order), start + 2 * count + 1))]
+
+
+async def shown_rows(page: Page, tbody: str) -> list[tuple[int, str]]:
+    """(rank, userId) of the rows of `tbody`, as shown."""
+    found = await page.locator(f"#{tbody} tr").evaluate_all(
+        "(rows) => rows.map((r) => [Number(r.cells[0].textContent), r.dataset.userId])"
+    )
+    return [(rank, user) for rank, user in found]
+
+
+async def rows_become(page: Page, tbody: str, expected: list[tuple[int, str]]) -> None:
+    """Wait until `tbody` shows exactly `expected`."""
+    deadline = time.monotonic() + 5
+    while (got := await shown_rows(page, tbody)) != expected:
+        assert time.monotonic() < deadline, (got, expected)
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+async def test_long_names_are_cut_and_nothing_overflows(
+    browser: Browser, start: StartServer, sqlite_url: str, viewport: dict[str, int]
+) -> None:
+    server = await start(sqlite_url)
+    long = "W" * 128  # the longest username there is, with nowhere to break
+    await server.credit("long", 900, username=long)
+    await server.credit("spaced", 800, username="Jean-Baptiste " * 9)
+    await server.credit("ann", 5, username="Ann")
+    watched = Watched(await browser.new_page(viewport=viewport))
+    page = watched.page
+    await page.goto(server.url + "/")
+    await expect(page.locator("#status")).to_have_text("live")
+    await expect(page.locator("#rows tr")).to_have_count(3)
+    name = page.locator("#rows tr").nth(0).locator(".name")
+    await expect(name).to_have_text(long)  # all of it is there, for screen readers and the tooltip
+    await expect(name).to_have_attribute("title", f"{long} (long)")
+    # ... but cut with an ellipsis where it does not fit.
+    cut = await name.evaluate("(el) => [el.scrollWidth > el.clientWidth, getComputedStyle(el).textOverflow]")
+    assert cut == [True, "ellipsis"], cut
+    # The around-me table of the long-named player fits as well.
+    await page.get_by_label("Find me").fill("long")
+    await page.get_by_role("button", name="Find", exact=True).click()
+    await expect(page.locator("#around-rows tr.me .name")).to_have_text(long)
+    # The board is a real table, named by its caption.
+    await expect(page.get_by_role("table", name="Top 10").get_by_role("row")).to_have_count(4)
+    layout = await page.evaluate(OVERFLOW_JS)
+    assert layout["scrollWidth"] <= layout["width"] == viewport["width"], layout
+    assert layout["outside"] == [], layout
+    assert watched.script_errors == watched.console_errors == []
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+async def test_find_me_shows_rank_and_neighbours(
+    browser: Browser,
+    start: StartServer,
+    sqlite_url: str,
+    boards_file: Path,
+    noon: FakeClock,
+    *,
+    viewport: dict[str, int],
+) -> None:
+    server = await start(sqlite_url, catalog_file=boards_file, clock=noon)
+    # 30 players with distinct scores, not in id order; the one looked for (rank 15)
+    # has an id that must be encoded in a URL.
+    plain = {f"p{i:02d}": (i * 17) % 30 * 10 + 5 for i in range(30)}
+    me = "zoë #15?&x=1 %"
+    scores = {me if user == standings(plain)[14] else user: score for user, score in plain.items()}
+    names = {user: "Zoë" if user == me else f"Player {user}" for user in scores}
+    await asyncio.gather(
+        *(credit_boards(server, user, {"global": scores[user]}, username=names[user]) for user in scores)
+    )
+    order = standings(scores)
+    assert order.index(me) == 14
+    watched = await open_boards_page(browser, server, noon, viewport=viewport)
+    page = watched.page
+    await expect(page.locator("#status")).to_have_text("live")
+    await page.get_by_label("Find me").fill(me)
+    await page.get_by_role("button", name="Find", exact=True).click()
+    summary = page.locator("#me-summary")
+    await expect(summary).to_have_text(f"{names[me]} is #15 of 30 on All time")
+    await rows_become(page, "around-rows", around_window(order, me))
+    mine = page.locator("#around-rows tr.me")
+    await expect(mine).to_have_count(1)
+    await expect(mine).to_have_attribute("aria-current", "true")
+    await expect(mine).to_have_attribute("data-user-id", me)
+    await expect(page.get_by_role("table", name=re.compile("is #15 of 30"))).to_be_visible()
+    arounds = [r for r in watched.requests if r.url.endswith(f"/around?count={AROUND}")]
+    assert urlparse(arounds[0].url).path.startswith("/api/boards/global/users/")
+
+    # A player from below passes them into the top 10: the board changes, the view follows.
+    climber = order[19]
+    await credit_boards(server, climber, {"global": 500})
+    scores[climber] += 500
+    order = standings(scores)
+    assert order.index(me) == 15
+    await expect(summary).to_have_text(f"{names[me]} is #16 of 30 on All time")
+    await rows_become(page, "around-rows", around_window(order, me))
+
+    # A burst of changes is read at a bounded rate, not once per change.
+    def around_reads() -> int:
+        return sum(urlparse(r.url).path.endswith("/around") for r in watched.requests)
+
+    before, began = around_reads(), time.monotonic()
+    top = order[:4]
+    for i in range(12):
+        await credit_boards(server, top[i % 4], {"global": 1 + i})
+        scores[top[i % 4]] += 1 + i
+    await asyncio.sleep(1.2)
+    reads = around_reads() - before
+    assert 1 <= reads <= math.ceil(time.monotonic() - began) + 1 < 12, reads
+    await rows_become(page, "around-rows", around_window(standings(scores), me))
+
+    # Another tab: not ranked there, said clearly; back again, found again.
+    await page.get_by_role("tab", name="Fastest lap").click()
+    await expect(summary).to_have_text(f"“{me}” is not ranked on Fastest lap.")
+    await expect(page.locator("#around")).to_be_hidden()
+    await page.get_by_role("tab", name="All time").click()
+    await expect(summary).to_have_text(f"{names[me]} is #16 of 30 on All time")
+    # The found player's row is highlighted in the top K too.
+    await page.get_by_label("Find me").fill(order[2])
+    await page.get_by_role("button", name="Find", exact=True).click()
+    await expect(page.locator("#rows tr.me")).to_have_attribute("data-user-id", order[2])
+    await expect(summary).to_have_text(f"{names[order[2]]} is #3 of 30 on All time")
+    # Nobody by that id.
+    await page.get_by_label("Find me").fill("nobody")
+    await page.get_by_label("Find me").press("Enter")
+    await expect(summary).to_have_text("“nobody” is not ranked on All time.")
+    await expect(page.locator("#rows tr.me")).to_have_count(0)
+    await page.get_by_role("button", name="Clear").click()
+    await expect(page.locator("#me")).to_be_hidden()
+    assert watched.script_errors == []
+    assert not_http_errors(watched) == []
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+async def test_the_mover_is_highlighted_with_its_gain(
+    browser: Browser, start: StartServer, sqlite_url: str, viewport: dict[str, int]
+) -> None:
+    server = await start(sqlite_url)
+    for user, score in (("amy", 300), ("ben", 200), ("cat", 100)):
+        await server.credit(user, score, username=user.title())
+    watched = Watched(await browser.new_page(viewport=viewport, locale="en-US"))
+    page = watched.page
+    await page.clock.install()
+    await page.goto(server.url + "/")
+    rows = page.locator("#rows tr")
+    await expect(page.locator("#status")).to_have_text("live")
+    await expect(rows).to_have_count(3)
+    await expect(page.locator("#rows tr.changed")).to_have_count(0)  # nothing moved yet
+    await page.evaluate(RECORD_SLIDES_JS)
+
+    # Cat gains 250 and goes from third to first: Cat is highlighted, not the rank.
+    await server.credit("cat", 250)
+    cat = rows.nth(0)
+    await expect(cat).to_have_attribute("data-user-id", "cat")
+    await expect(cat).to_have_class("changed")
+    await expect(cat.locator(".move")).to_have_class("move up")
+    await expect(cat.locator(".move .arrow")).to_have_text("▲")
+    await expect(cat.locator(".gain")).to_have_text("+250")
+    await expect(cat.locator(".score")).to_have_text("350")
+    # Those pushed down are not the mover.
+    await expect(page.locator("#rows tr.changed")).to_have_count(1)
+    await expect(page.locator("#rows .move")).to_have_count(1)
+    await expect(rows.nth(2)).to_have_attribute("data-user-id", "ben")
+    # Every row that changed place slid there.
+    slid = await page.evaluate("window.slid")
+    assert set(slid) == {"amy", "ben", "cat"}, slid
+
+    # A gain without a change of place is still shown, on the player.
+    await server.credit("amy", 20)
+    amy = page.locator('#rows tr[data-user-id="amy"]')
+    await expect(amy).to_have_class("changed")
+    await expect(amy.locator(".gain")).to_have_text("+20")
+    await expect(rows.nth(1)).to_have_attribute("data-user-id", "amy")
+    # The highlight fades after a few seconds.
+    await page.clock.run_for(7000)
+    await expect(page.locator("#rows tr.changed")).to_have_count(0)
+    await expect(page.locator("#rows .move")).to_have_count(0)
+    assert watched.script_errors == watched.console_errors == []
+
+
+async def test_reduced_motion_highlights_without_sliding(
+    browser: Browser, start: StartServer, sqlite_url: str
+) -> None:
+    server = await start(sqlite_url)
+    await server.credit("amy", 300, username="Amy")
+    await server.credit("ben", 200, username="Ben")
+    watched = Watched(await browser.new_page(reduced_motion="reduce"))
+    page = watched.page
+    await page.goto(server.url + "/")
+    rows = page.locator("#rows tr")
+    await expect(rows).to_have_count(2)
+    await page.evaluate(RECORD_SLIDES_JS)
+    await server.credit("ben", 150)
+    await expect(rows.nth(0)).to_have_attribute("data-user-id", "ben")
+    await expect(rows.nth(0)).to_have_class("changed")
+    await expect(rows.nth(0).locator(".gain")).to_have_text("+150")
+    await page.wait_for_timeout(600)  # longer than a slide would take
+    assert await page.evaluate("window.slid") == []
+    assert watched.script_errors == watched.console_errors == []
+
+
+async def test_updated_ago_instead_of_sequence_numbers(
+    browser: Browser, start: StartServer, sqlite_url: str, boards_file: Path, noon: FakeClock
+) -> None:
+    server = await start(sqlite_url, catalog_file=boards_file, clock=noon)
+    await credit_boards(server, "ann", {"global": 5}, username="Ann")
+    watched = await open_boards_page(browser, server, noon)
+    page = watched.page
+    updated = page.locator("#updated")
+    await expect(page.locator("#status")).to_have_text("live")
+    await expect(updated).to_have_text(re.compile(r"^updated (just now|\d s ago)$"))
+    # It ticks on by itself.
+    await page.clock.run_for(4000)
+    await expect(updated).to_have_text(re.compile(r"^updated [4-9] s ago$"))
+    await page.clock.run_for(120_000)
+    await expect(updated).to_have_text("updated 2 min ago")
+    # A change: just now again.
+    await credit_boards(server, "bob", {"global": 9}, username="Bob")
+    await expect(page.locator("#rows tr")).to_have_count(2)
+    await expect(updated).to_have_text("updated just now")
+    # No sequence numbers or stream positions for viewers.
+    text = await page.locator("body").inner_text()
+    epoch = server.hubs.get("global").broadcaster.feed.epoch
+    assert not re.search(r"\bseq\b", text, re.IGNORECASE), text
+    assert epoch not in text and epoch not in await page.content()
+    # The connection state is announced: a live region.
+    status = page.locator("#status")
+    await expect(status).to_have_attribute("role", "status")
+    await expect(status).to_have_attribute("aria-live", "polite")
+    assert watched.script_errors == watched.console_errors == []
+
+
+async def test_lost_server_goes_offline_then_live_again(
+    browser: Browser, start: StartServer, sqlite_url: str
+) -> None:
+    server = await start(sqlite_url, sse_retry_ms=200)
+    await server.credit("amy", 10, username="Amy")
+    watched = await open_page(browser, server)
+    page = watched.page
+    status = page.locator("#status")
+    await expect(status).to_have_text("live")
+    await page.evaluate(RECORD_STATES_JS)
+
+    # The server goes away: the browser's own retries get a few seconds, then
+    # the page says so, with the time of its next try.
+    port = urlparse(server.url).port
+    await server.stop()
+    await expect(status).to_have_text("reconnecting…")
+    await expect(status).to_have_text(re.compile(r"^offline, retrying in \d+ s$"), timeout=8000)
+    # A new server on the same port and database: the page is live again.
+    server = await start(sqlite_url, port=port, sse_retry_ms=200)
+    await expect(status).to_have_text("live", timeout=15_000)
+    await expect(page.locator("#rows tr")).to_have_count(1)
+    await server.credit("bob", 20, username="Bob")
+    await expect(page.locator("#rows tr").nth(0)).to_contain_text("Bob")
+
+    # It never said "reconnecting" for long.
+    states: list[tuple[float, str]] = await page.evaluate("window.states")
+    texts = [text for _, text in states]
+    assert "reconnecting…" in texts and texts[-1] == "live", texts
+    assert any(t.startswith("offline, retrying in") for t in texts), texts
+    for (at, text), (until, _) in itertools.pairwise(states):
+        if text == "reconnecting…":
+            assert until - at < 6000, states
+    assert watched.script_errors == []
+    assert not_http_errors(watched) == []
+
+
+async def test_refused_stream_backs_off_and_recovers(
+    browser: Browser, start: StartServer, sqlite_url: str
+) -> None:
+    server = await start(sqlite_url)
+    await server.credit("amy", 10, username="Amy")
+    page = await browser.new_page()
+    watched = Watched(page)
+    refused: list[float] = []
+
+    async def refuse(route: Any) -> None:
+        refused.append(time.monotonic())
+        await route.fulfill(status=503, content_type="application/json", body="{}")
+
+    await page.route("**/stream", refuse)
+    await page.goto(server.url + "/")
+    status = page.locator("#status")
+    # Refused: offline, and tried again later, each time after a longer wait.
+    await expect(status).to_have_text(re.compile(r"^offline, retrying in \d+ s$"))
+    assert await eventually(lambda: len(refused) >= 3, 6), refused
+    gaps = [b - a for a, b in itertools.pairwise(refused)]
+    assert 0.4 < gaps[0] < gaps[1] + 0.3, gaps  # 0.5-1 s, then 1-2 s (with jitter)
+    await expect(page.locator("#rows tr")).to_have_count(0)
+    # The server takes streams again: live.
+    await page.unroute("**/stream")
+    await expect(status).to_have_text("live", timeout=10_000)
+    await expect(page.locator("#rows tr")).to_have_count(1)
+    assert watched.script_errors == []
