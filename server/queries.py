@@ -132,7 +132,7 @@ ORDER BY sort_key, reached_at, user_id LIMIT ?
 """
 _AUDIT = "INSERT INTO audit (at, actor, operation, target, reason) VALUES (?, ?, ?, ?, ?) RETURNING id"
 _LIVE_CREDITS = """
-SELECT c.value, coalesce(a.stamp, a.created_at), a.username, a.metadata
+SELECT c.value, coalesce(a.stamp, a.created_at), a.username, a.metadata, a.stamp IS NULL
 FROM credits c JOIN actions a ON a.action_id = c.action_id
 WHERE c.board = ? AND c.season = ? AND c.user_id = ? AND c.voided = 0
 ORDER BY 2, c.action_id
@@ -256,8 +256,9 @@ def revert(
         new = replay(
             spec, [Credit(user_id, r[0], r[1], r[2], None if r[3] is None else _bytes(r[3])) for r in live]
         )
-        if new is not None and new.username is None and old is not None:
-            # Actions credited before display names were kept per action.
+        if new is not None and new.username is None and old is not None and any(r[4] for r in live):
+            # Actions credited before schema 3 did not keep their display
+            # name (nor their stamp): the entry's name stands for theirs.
             new = Record(new.user_id, old.username, new.score, new.reached_at, new.metadata)
         boards[board] = (season, None if new is None else new.score)
         if new == old:
