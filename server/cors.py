@@ -22,7 +22,9 @@ PUBLIC_PATHS = (
     "/openapi.json",
     "/api/boards",
     BOARD_PATH + "/scores",
+    BOARD_PATH + "/users",
     BOARD_PATH + "/users/{user_id:[^/]+}",
+    BOARD_PATH + "/users/{user_id:[^/]+}/around",
     BOARD_PATH + "/stream",
 )
 PUBLIC_METHODS = frozenset({"GET", "HEAD"})
@@ -53,6 +55,17 @@ class Cors:
             if route.resource is not None:
                 self._public.add(route.resource.canonical)
 
+    @staticmethod
+    def _methods(request: web.Request) -> str:
+        """Every method the requested path answers (its routes may sit on several resources)."""
+        own = request.match_info.route.resource
+        canonical = None if own is None else own.canonical
+        methods = {"GET", "HEAD", "OPTIONS"}
+        for resource in request.app.router.resources():
+            if resource.canonical == canonical:
+                methods |= {route.method for route in resource if route.method != "*"}
+        return ", ".join(sorted(methods))
+
     def _allow(self, origin: str) -> str | None:
         if self._any:
             return "*"
@@ -78,7 +91,7 @@ class Cors:
         origin = request.headers.get("Origin")
         method = request.headers.get("Access-Control-Request-Method")
         if origin is None or method is None:  # not a preflight: say what the resource allows
-            return web.Response(status=204, headers={"Allow": "GET, HEAD, OPTIONS"})
+            return web.Response(status=204, headers={"Allow": self._methods(request)})
         allowed = self._allow(origin)
         if allowed is None:
             raise ScoreboardError(Code.FORBIDDEN, "Pages from this origin may not read this resource.")

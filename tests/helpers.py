@@ -212,3 +212,15 @@ async def start_server(
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
     now = clock() if clock else None
     return ServerHandle(app, runner, settings, url, session, token("backend", role=Role.SERVICE, now=now))
+
+
+async def send(
+    server: ServerHandle, method: str, path: str, body: Any = None, tok: str | None = None, **kw: Any
+) -> tuple[int, Any]:
+    """Any method with an optional JSON body (DELETE with a body, say); returns status and JSON."""
+    headers = bearer(tok) if tok else {}
+    headers.update(kw.pop("headers", {}))
+    if body is not None:
+        kw["json"] = body
+    async with server.session.request(method, server.url + path, headers=headers, **kw) as resp:
+        return resp.status, await resp.json(content_type=None)

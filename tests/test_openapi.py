@@ -10,13 +10,19 @@
 2. The document is valid OpenAPI 3.1 (schemathesis's validator), its schemas
    valid JSON Schema 2020-12, and its errors the server's: every `Code` is
    documented, each under the status `http.STATUS` gives it.
+   The contract's bounds are checked (pages, the players around one, friends
+   lists, moderation), and each new route is called with real entries (a
+   removal, a revert, a block: what fuzzing rarely reaches), every answer
+   validated against the schema the document gives it.
 3. schemathesis 4 (its engine, as `st run` drives it) tests every operation of
    the document the server serves, on SQLite and on PostgreSQL, the server in
    a thread with its own uvloop loop (schemathesis calls are synchronous):
    - phases: examples, coverage (boundaries, missing and unexpected members,
      undeclared methods), fuzzing, and stateful (the document's links: start an
-     action, redeem its ticket, read the credited user on each board it wrote;
-     list the boards, read or end their current seasons, read the ended one);
+     action, redeem its ticket, read the credited user on each board it wrote,
+     the players around it and it as a friends list, revert the action;
+     list the boards, read or end their current seasons, read the ended one;
+     block a player, unblock it);
    - data: positive and negative (`mode = "all"`), EXAMPLES per operation;
    - checks: all of schemathesis's (not_a_server_error, status_code_,
      content_type_, response_headers_ and response_schema_conformance,
@@ -28,12 +34,17 @@
      lower first, a `latest` one with negative bounds and a schedule), whose ids
      the document lists, so generated requests reach real boards;
    - tokens: a player's for actions and ticket redemptions, an admin's to end
-     seasons, a service's for the rest (`Tokens`, `pick_token`), so
-     authenticated operations go past 401 and 403;
+     seasons and moderate (every DELETE, `/api/admin/...`), a service's for the
+     rest (`Tokens`, `pick_token`), so authenticated operations go past 401 and
+     403. Moderation changes what later requests get: an entry removed (DELETE,
+     a block, a revert that left no credit) is not found, a blocked player's
+     credits are 403 `user_blocked`, an unknown user or action is 404; all of
+     which the document allows, and `credited_user_is_readable` follows;
    - the event stream is read up to its first event; a plain GET /ws (requests
      cannot upgrade) is 426, which positive data may get there.
    What is not held against the server, and why: `documented_refusals`,
-   `integer_literals`. use_after_free has nothing to do (no DELETE), and
+   `integer_literals`. use_after_free has nothing to do (no link leads to a
+   DELETE: what a removal frees, `credited_user_is_readable` follows), and
    ensure_resource_availability only links paths that nest, so
    `credited_user_is_readable` checks the `standing` links instead.
 
@@ -53,7 +64,7 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import jsonschema_rs
 import orjson
@@ -63,6 +74,7 @@ import uvloop
 import yarl
 from aiohttp import web
 from hypothesis import strategies as st
+from schemathesis.core.failures import AcceptedNegativeData
 from schemathesis.engine import Status, events
 from schemathesis.openapi.checks import RejectedPositiveData
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
@@ -80,6 +92,13 @@ from tests.helpers import ServerHandle, start_server, token
 
 METHODS = ("get", "head", "post", "put", "patch", "delete", "options")
 PLAYER = "fuzz-player"
+UPDATE_PATHS = ("/scores/update", "/api/score/update")
+RESET_PATH = "/api/boards/{board}/reset"
+BOARD_USER_PATH = "/api/boards/{board}/users/{userId}"
+AROUND_PATH = BOARD_USER_PATH + "/around"
+FRIENDS_PATH = "/api/boards/{board}/users"
+BLOCK_PATH = "/api/admin/users/{userId}/block"
+REVERT_PATH = "/api/admin/actions/{actionId}/revert"
 # Three boards: the default (incr), a best-lap board (lower first), and a
 # `latest` one with negative bounds and a schedule that fires on leap days only.
 CATALOG_TOML = """
@@ -323,6 +342,203 @@ async def test_the_board_paths_name_the_catalog_boards(served: Served) -> None:
     }
 
 
+def _parameters(document: dict[str, Any], method: str, path: str) -> dict[str, dict[str, Any]]:
+    op = document["paths"][path][method]
+    return {p["name"]: p for p in op["parameters"] if "name" in p}
+
+
+def _codes(document: dict[str, Any], method: str, path: str, status: int) -> list[str]:
+    response = document["paths"][path][method]["responses"][str(status)]
+    schema = response["content"]["application/json"]["schema"]
+    codes: list[str] = schema["allOf"][1]["properties"]["error"]["properties"]["code"]["enum"]
+    return codes
+
+
+async def test_the_rank_reads_carry_their_bounds(served: Served) -> None:
+    """Pages, the players around one and friends lists: the contract's parameters and bounds."""
+    document = served.document
+    top_ks = {hub.spec.top_k for hub in served.server.app[SERVICE].hubs}
+    page = _parameters(document, "get", "/api/boards/{board}/scores")
+    assert set(page) == {"board", "season", "offset", "limit"}
+    assert page["offset"]["schema"] == {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0}
+    limit = page["limit"]["schema"]
+    # 1 to max(100, topK): where boards differ, the bound every board allows.
+    most = min(max(100, k) for k in top_ks)
+    assert (limit["type"], limit["minimum"], limit["maximum"]) == ("integer", 1, most)
+    assert limit.get("default") == (next(iter(top_ks)) if len(top_ks) == 1 else None)
+    around = _parameters(document, "get", AROUND_PATH)
+    assert set(around) == {"board", "userId", "season", "count"}
+    assert around["count"]["schema"] == {"type": "integer", "minimum": 0, "maximum": 50, "default": 5}
+    friends = _parameters(document, "get", FRIENDS_PATH)
+    assert set(friends) == {"board", "ids", "season"}
+    ids = friends["ids"]
+    assert (ids["in"], ids["required"], ids["style"], ids["explode"]) == ("query", True, "form", False)
+    assert (ids["schema"]["type"], ids["schema"]["minItems"], ids["schema"]["maxItems"]) == ("array", 1, 100)
+    item = ids["schema"]["items"]
+    assert (item["minLength"], item["maxLength"], item["format"]) == (1, 128, TEXT_FORMAT)
+    for params in (page, around, friends):
+        assert params["season"] == _parameters(document, "get", BOARD_USER_PATH)["season"]
+    # The friends list and one player's standing are two paths, two operations.
+    assert document["paths"][FRIENDS_PATH]["get"]["operationId"] == "getBoardUsers"
+    assert document["paths"][BOARD_USER_PATH]["get"]["operationId"] == "getBoardUser"
+    schemas = document["components"]["schemas"]
+    rows = {"BoardScores": max(max(100, k) for k in top_ks), "BoardAround": 101, "BoardUsers": 100}
+    for name, most in rows.items():
+        entries = schemas[name]["properties"]["entries"]
+        assert schemas[name]["required"] == ["board", "season", "total", "entries"], name
+        assert (entries["items"], entries["maxItems"]) == ({"$ref": "#/components/schemas/RankedEntry"}, most)
+    assert "maximum" not in schemas["RankedEntry"]["properties"]["rank"]  # pages go past the top K
+    assert "total" in schemas["BoardStanding"]["required"]
+    for path in (AROUND_PATH, BOARD_USER_PATH):
+        assert "user_not_found" in _codes(document, "get", path, 404)
+    for path in ("/api/boards/{board}/scores", AROUND_PATH, FRIENDS_PATH):
+        assert {"board_not_found", "season_not_found"} <= set(_codes(document, "get", path, 404))
+        assert "validation_failed" in _codes(document, "get", path, 422)
+
+
+async def test_readiness_says_where_ranks_come_from(served: Served) -> None:
+    ready = served.document["components"]["schemas"]["Ready"]
+    assert ready["properties"]["ranks"]["enum"] == ["memory", "loading", "store"]
+    assert "ranks" in ready["required"]
+
+
+ADMIN_OPERATIONS = (
+    ("delete", BOARD_USER_PATH, "EntryRemoved"),
+    ("post", BLOCK_PATH, "UserBlocked"),
+    ("delete", BLOCK_PATH, "UserUnblocked"),
+    ("post", REVERT_PATH, "ActionReverted"),
+)
+
+
+async def test_moderation_needs_an_admin_and_a_reason(served: Served) -> None:
+    document = served.document
+    schemas = document["components"]["schemas"]
+    for method, path, answer in ADMIN_OPERATIONS:
+        op = document["paths"][path][method]
+        assert op["security"] == [{"bearerAuth": []}], (method, path)
+        assert op["requestBody"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Reason"
+        }
+        assert op["responses"]["200"]["content"]["application/json"]["schema"] == {
+            "$ref": f"#/components/schemas/{answer}"
+        }
+        assert {"200", "401", "403", "404", "415", "422"} <= set(op["responses"]), (method, path)
+        assert "forbidden" in _codes(document, method, path, 403)
+        assert "validation_failed" in _codes(document, method, path, 422)
+        assert "unsupported_media_type" in _codes(document, method, path, 415)
+    reason = schemas["Reason"]
+    assert (reason["required"], reason["additionalProperties"]) == (["reason"], False)
+    text = reason["properties"]["reason"]
+    assert (text["type"], text["minLength"], text["maxLength"]) == ("string", 1, 512)
+    assert "user_not_found" in _codes(document, "delete", BOARD_USER_PATH, 404)
+    audit = document["paths"]["/api/admin/audit"]["get"]
+    assert audit["security"] == [{"bearerAuth": []}]
+    assert {"200", "401", "403", "422"} <= set(audit["responses"])
+    limit = _parameters(document, "get", "/api/admin/audit")["limit"]
+    assert limit["schema"] == {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}
+    assert schemas["AuditEntry"]["properties"]["operation"]["enum"] == [
+        "remove_entry",
+        "block",
+        "unblock",
+        "revert",
+        "reset",
+    ]
+
+
+async def test_the_moderation_codes_are_documented(served: Served) -> None:
+    """`user_blocked` (403) wherever a blocked player is refused, `action_not_found` (404) on a revert."""
+    document = served.document
+    for method, path in (("post", "/scores/update"), ("post", "/api/score/update"), ("post", "/api/actions")):
+        assert "user_blocked" in _codes(document, method, path, 403), path
+    assert "action_not_found" in _codes(document, "post", REVERT_PATH, 404)
+
+
+class Answers:
+    """Requests to a server, each answer checked against the schema the document gives it."""
+
+    def __init__(self, server: ServerHandle, document: dict[str, Any]) -> None:
+        self.server = server
+        self.document = document
+        self.admin = token("doc-admin", role=Role.ADMIN)
+
+    async def call(
+        self, method: str, template: str, path: str, body: Any = None, tok: str | None = None
+    ) -> tuple[int, Any]:
+        """`method path` (an instance of `template`); the answer, once it matched the document."""
+        headers = {"Authorization": f"Bearer {tok}"} if tok else {}
+        url = yarl.URL(self.server.url + path, encoded=True)
+        async with self.server.session.request(method, url, json=body, headers=headers) as resp:
+            status, answer = resp.status, await resp.json()
+        responses = self.document["paths"][template][method.lower()]["responses"]
+        assert str(status) in responses, (method, path, status, answer)
+        schema = responses[str(status)]["content"]["application/json"]["schema"]
+        root = {**schema, "components": self.document["components"]}
+        errors = [e.message for e in jsonschema_rs.validator_for(root).iter_errors(answer)]
+        assert errors == [], (method, path, status, answer)
+        return status, answer
+
+
+async def test_the_rank_reads_and_moderation_answer_as_documented(
+    start: StartServer, database_url: str, tmp_path: Path
+) -> None:
+    """Every new route with real entries, not only refusals: what fuzzing rarely reaches (a removal
+    needs an entry, a revert a credited action)."""
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(CATALOG_TOML)
+    server = await start(database_url, catalog_file=catalog)
+    status, document = await server.get(OPENAPI_PATH)
+    assert status == 200
+    api = Answers(server, document)
+    for user, points in (("ann", 10), ("bob", 20), ("cy", 5)):
+        await server.credit(user, points)
+    both = {"userId": "ann", "actionId": "lap-1", "scores": {"global": 3, "laps": 900}}
+    await api.call("POST", "/scores/update", "/scores/update", both, server.service_token)
+
+    _, standing = await api.call("GET", BOARD_USER_PATH, "/api/boards/global/users/ann")
+    assert (standing["rank"], standing["score"], standing["total"]) == (2, 13, 3)
+    _, around = await api.call("GET", AROUND_PATH, "/api/boards/global/users/bob/around?count=1")
+    assert [e["userId"] for e in around["entries"]] == ["bob", "ann", "cy"]  # filled from below
+    _, friends = await api.call("GET", FRIENDS_PATH, "/api/boards/global/users?ids=cy,nobody,ann,cy")
+    assert [(e["userId"], e["rank"]) for e in friends["entries"]] == [("ann", 2), ("cy", 3)]
+    _, page = await api.call(
+        "GET", "/api/boards/{board}/scores", "/api/boards/global/scores?offset=1&limit=1"
+    )
+    assert ([e["rank"] for e in page["entries"]], page["total"]) == ([2], 3)
+    _, ready = await api.call("GET", "/readyz", "/readyz")
+    assert ready["ranks"] in ("memory", "loading")
+
+    why = {"reason": "Checked by the document test."}
+    _, reverted = await api.call("POST", REVERT_PATH, "/api/admin/actions/lap-1/revert", why, api.admin)
+    assert reverted["reverted"] is True
+    assert {b: v["score"] for b, v in reverted["boards"].items()} == {"global": 10, "laps": None}
+    _, again = await api.call("POST", REVERT_PATH, "/api/admin/actions/lap-1/revert", why, api.admin)
+    assert (again["reverted"], again["boards"]) == (False, {})
+    status, unknown = await api.call("POST", REVERT_PATH, "/api/admin/actions/nope/revert", why, api.admin)
+    assert (status, unknown["error"]["code"]) == (404, "action_not_found")
+    _, removed = await api.call("DELETE", BOARD_USER_PATH, "/api/boards/global/users/cy", why, api.admin)
+    assert (removed["userId"], removed["removed"]["rank"]) == ("cy", 3)
+    _, blocked = await api.call("POST", BLOCK_PATH, "/api/admin/users/bob/block", why, api.admin)
+    assert (blocked["changed"], [r["board"] for r in blocked["removed"]]) == (True, ["global"])
+    refused = {"userId": "bob", "actionId": "after-block", "scoreDelta": 1}
+    status, answer = await api.call("POST", "/scores/update", "/scores/update", refused, server.service_token)
+    assert (status, answer["error"]["code"]) == (403, "user_blocked")
+    _, unblocked = await api.call("DELETE", BLOCK_PATH, "/api/admin/users/bob/block", why, api.admin)
+    assert (unblocked["blocked"], unblocked["changed"]) == (False, True)
+    _, audit = await api.call("GET", "/api/admin/audit", "/api/admin/audit?limit=10", tok=api.admin)
+    assert [e["operation"] for e in audit["entries"]] == ["unblock", "block", "remove_entry", "revert"]
+    assert audit["entries"][2]["target"] == "boards/global/users/cy"
+    # An admin's body is `{"reason"}` and nothing else; anyone else is refused.
+    for body, code in (({}, "validation_failed"), ({**why, "x": 1}, "validation_failed")):
+        status, answer = await api.call("POST", BLOCK_PATH, "/api/admin/users/ann/block", body, api.admin)
+        assert (status, answer["error"]["code"]) == (422, code)
+    status, answer = await api.call(
+        "POST", BLOCK_PATH, "/api/admin/users/ann/block", why, server.service_token
+    )
+    assert (status, answer["error"]["code"]) == (403, "forbidden")
+    status, answer = await api.call("POST", BLOCK_PATH, "/api/admin/users/ann/block", why)
+    assert (status, answer["error"]["code"]) == (401, "unauthorized")
+
+
 # -- 3: schemathesis against a live server ------------------------------------------------
 
 
@@ -424,8 +640,41 @@ class server_logged_no_bug:  # checks are named like functions
             raise AssertionError("The server logged:\n" + "\n".join(SERVER_LOG[-1].bad))
 
 
-UPDATE_PATHS = ("/scores/update", "/api/score/update")
-RESET_PATH = "/api/boards/{board}/reset"
+# The ids of one friends list, and the request line the server reads (aiohttp's default).
+MAX_IDS = 100
+MAX_REQUEST_LINE = 8190
+
+
+def _ids_sent(case: schemathesis.Case) -> list[str] | None:
+    """The `ids` of a friends list as the server reads them: the query value split at commas.
+
+    schemathesis joins an array with literal commas and percent-encodes each item, so an item
+    holding a comma arrives as two ids once decoded.
+    """
+    value = (case.query or {}).get("ids")
+    if value is None:
+        return None
+    if isinstance(value, list):
+        value = ",".join(str(v) for v in value)
+    return str(value).split(",")
+
+
+def _ids_valid(ids: list[str] | None) -> bool:
+    """Whether a friends list keeps the id rule: 1 to 100 distinct ids of 1-128 printable characters."""
+    if ids is None or not 1 <= len(set(ids)) <= MAX_IDS:
+        return False
+    return all(1 <= len(i) <= 128 and text_problem(i) is None for i in ids)
+
+
+def _season_valid(value: object) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value < 2**31)
+
+
+def _request_line_too_long(response: schemathesis.Response) -> bool:
+    request = response.request
+    url = urlsplit(str(request.url))
+    target = url.path + (f"?{url.query}" if url.query else "")
+    return len(f"{request.method} {target} HTTP/1.1".encode()) > MAX_REQUEST_LINE
 
 
 @schemathesis.check
@@ -433,9 +682,14 @@ class credited_user_is_readable:
     """A user credited with a 200 is then found on each board it wrote, in that season (the `standing` links).
 
     GET /api/users/{userId} reads the default board's current season, GET
-    /api/boards/{board}/users/{userId} the `season` asked for or the current one.
+    /api/boards/{board}/users/{userId} (and `/around`) the `season` asked for or
+    the current one, and a friends list (`?ids=`) naming the user lists it.
     The current seasons are followed from the answers (credits, season ends, the
     board list); a season no longer kept is 404 `season_not_found`, not a failure.
+    What moderation removes is followed from its answers too: an entry removed
+    (DELETE), the entries of a blocked player, an entry a revert left without
+    credits (`score: null`). A retry (`duplicate`) writes nothing: the entry it
+    names may be gone since.
     """
 
     def __init__(self) -> None:
@@ -446,37 +700,68 @@ class credited_user_is_readable:
         self, ctx: schemathesis.CheckContext, response: schemathesis.Response, case: Any
     ) -> None:
         status, path = response.status_code, case.path
-        if case.method == "POST" and status == 200:
-            if path in UPDATE_PATHS:
-                answer = response.json()
-                for board, credit in answer["boards"].items():
-                    self.credited.add((board, credit["season"], answer["userId"]))
-                    self.current[board] = max(self.current.get(board, 0), credit["season"])
-            elif path == RESET_PATH:
-                ended = response.json()
-                self.current[ended["board"]] = ended["season"]
+        if status == 200 and case.method in ("POST", "DELETE"):
+            self._changed(case.method, path, response.json())
         elif case.method == "GET" and path == "/api/boards" and status == 200:
             self.current.update({b["id"]: b["season"]["id"] for b in response.json()["boards"]})
-        elif case.method == "GET" and path in ("/api/users/{userId}", "/api/boards/{board}/users/{userId}"):
-            params = case.path_parameters or {}
-            board = params.get("board", DEFAULT_BOARD)
-            season = (case.query or {}).get("season") if "board" in params else None
-            if season is None:
-                season = self.current.get(board)
-            user_id = params.get("userId")
-            # Negative data may put anything there; requests removes `.` and `..` segments before
-            # sending (the document says: send %2E).
-            if status == 200 or not isinstance(season, int) or user_id in (".", ".."):
-                return
-            if not (isinstance(board, str) and isinstance(user_id, str)):
-                return
-            if (board, season, user_id) not in self.credited:
-                return
-            if status != 404 or response.json()["error"]["code"] != "season_not_found":
-                raise AssertionError(
-                    f"The user {user_id!r} credited on board {board!r} in season {season} was answered "
-                    f"{status}: {response.content[:200]!r}."
-                )
+        elif case.method == "GET" and path == FRIENDS_PATH and status == 200:
+            self._friends(case, response.json())
+        elif case.method == "GET" and path in ("/api/users/{userId}", BOARD_USER_PATH, AROUND_PATH):
+            self._read(case, response)
+
+    def _changed(self, method: str, path: str, answer: dict[str, Any]) -> None:
+        if method == "POST" and path in UPDATE_PATHS and not answer["duplicate"]:
+            for board, credit in answer["boards"].items():
+                self.credited.add((board, credit["season"], answer["userId"]))
+                self.current[board] = max(self.current.get(board, 0), credit["season"])
+        elif method == "POST" and path == RESET_PATH:
+            self.current[answer["board"]] = answer["season"]
+        elif method == "DELETE" and path == BOARD_USER_PATH:
+            self.credited.discard((answer["board"], answer["season"], answer["userId"]))
+        elif method == "POST" and path == BLOCK_PATH:
+            for removed in answer["removed"]:
+                self.credited.discard((removed["board"], removed["season"], answer["userId"]))
+        elif method == "POST" and path == REVERT_PATH:
+            for board, now in answer["boards"].items():
+                if now["score"] is None:
+                    self.credited.discard((board, now["season"], answer["userId"]))
+
+    def _season(self, case: Any, board: str) -> Any:
+        season = (case.query or {}).get("season") if case.path != "/api/users/{userId}" else None
+        return self.current.get(board) if season is None else season
+
+    def _friends(self, case: Any, answer: dict[str, Any]) -> None:
+        board = (case.path_parameters or {}).get("board")
+        season = self._season(case, board) if isinstance(board, str) else None
+        listed = {entry["userId"] for entry in answer["entries"]}
+        missing = {i for i in _ids_sent(case) or [] if (board, season, i) in self.credited} - listed
+        if missing:
+            raise AssertionError(
+                f"The friends list on {board!r} (season {season}) left out {sorted(missing)}."
+            )
+
+    def _read(self, case: Any, response: schemathesis.Response) -> None:
+        status = response.status_code
+        params = case.path_parameters or {}
+        board = params.get("board", DEFAULT_BOARD)
+        season = self._season(case, board) if isinstance(board, str) else None
+        user_id = params.get("userId")
+        # Negative data may put anything there; requests removes `.` and `..` segments before
+        # sending (the document says: send %2E).
+        if status == 200 or not isinstance(season, int) or user_id in (".", ".."):
+            return
+        if not (isinstance(board, str) and isinstance(user_id, str)):
+            return
+        if (board, season, user_id) not in self.credited:
+            return
+        count = (case.query or {}).get("count", 0)
+        if case.path == AROUND_PATH and not (isinstance(count, int) and 0 <= count <= 50):
+            return  # a bad `count` is refused whoever asks
+        if status != 404 or response.json()["error"]["code"] != "season_not_found":
+            raise AssertionError(
+                f"The user {user_id!r} credited on board {board!r} in season {season} was answered "
+                f"{status}: {response.content[:200]!r}."
+            )
 
 
 def integer_literals(ctx: schemathesis.HookContext, body: Any) -> Any:
@@ -493,8 +778,8 @@ def integer_literals(ctx: schemathesis.HookContext, body: Any) -> Any:
 
 
 class Tokens:
-    """A player's token to start actions and redeem tickets, an admin's to end seasons, a service's
-    for everything else."""
+    """A player's token to start actions and redeem tickets, an admin's to end seasons and moderate,
+    a service's for everything else."""
 
     player = f"Bearer {token(PLAYER, name='Fuzz Player', ttl=24 * 3600)}"
     service = f"Bearer {token('fuzz-backend', role=Role.SERVICE, ttl=24 * 3600)}"
@@ -502,7 +787,8 @@ class Tokens:
 
     @classmethod
     def for_case(cls, case: schemathesis.Case) -> str:
-        if case.operation.path == RESET_PATH:
+        path = case.operation.path
+        if path == RESET_PATH or path.startswith("/api/admin/") or case.method == "DELETE":
             return cls.admin
         redeems = isinstance(case.body, dict) and "ticket" in case.body
         return cls.player if case.operation.path == "/api/actions" or redeems else cls.service
@@ -517,28 +803,45 @@ class Tokens:
 def documented_refusals(
     ctx: schemathesis.HookContext, failure: Any, case: schemathesis.Case, response: schemathesis.Response
 ) -> bool:
-    """Keep every failure but three 422s to requests schemathesis takes for valid and the document does not:
+    """Keep every failure but those where the server does what the document says and JSON Schema cannot.
 
+    422s to requests schemathesis takes for valid and the document does not:
     - a member of format `printable-text` that breaks the text rule: schemathesis cannot check a
       custom format, and its stateful phase reuses values from earlier (negative) requests;
     - `metadata` over 512 bytes as compact JSON, which the document says and JSON Schema cannot;
     - `delta_mismatch`: a real ticket from the `redeem` link travels with generated members, and a
       `scoreDelta` other than the ticket's points (or any, for a ticket of several boards) is
-      rightly refused.
+      rightly refused;
+    - `ids` that, split at commas as the server reads them, break the id rule (an item holding a
+      comma, which is two ids, or an empty one) or name more than 100 distinct ids.
+    And two answers to friends lists:
+    - 431 to a request line over 8190 bytes (100 long ids), valid or not: any request may get it;
+    - 200 to a list schemathesis made invalid and the server's reading makes valid again (over
+      100 ids, at most 100 of them distinct).
     """
+    if response.status_code == 431 and _request_line_too_long(response):
+        return False
+    if isinstance(failure, AcceptedNegativeData) and case.operation.path == FRIENDS_PATH:
+        return not (_ids_valid(_ids_sent(case)) and _season_valid((case.query or {}).get("season")))
     if not (isinstance(failure, RejectedPositiveData) and response.status_code == 422):
         return True
-    error = response.json()["error"]
+    return not _rightly_refused(case, response.json()["error"])
+
+
+def _rightly_refused(case: schemathesis.Case, error: dict[str, Any]) -> bool:
+    """Whether a 422 to a request schemathesis takes for valid is one the document foresees."""
     if error["code"] == "delta_mismatch":
-        return False
+        return True
     name = error.get("field")
+    if name == "ids":
+        return not _ids_valid(_ids_sent(case))
     body = case.body if isinstance(case.body, dict) else {}
     if name == "metadata" and isinstance(body.get(name), dict):
         # As the server measures it: what requests sends, decoded and encoded again by orjson.
-        return len(orjson.dumps(orjson.loads(json.dumps(body[name])))) <= MAX_METADATA_BYTES
+        return len(orjson.dumps(orjson.loads(json.dumps(body[name])))) > MAX_METADATA_BYTES
     value = body.get(name, (case.path_parameters or {}).get(name))
     # A value the stateful phase carried over from a response may already be percent-encoded.
-    return not (isinstance(value, str) and text_problem(unquote(value)) is not None)
+    return isinstance(value, str) and text_problem(unquote(value)) is not None
 
 
 def pick_token(ctx: schemathesis.HookContext, case: schemathesis.Case, kwargs: dict[str, Any]) -> None:
