@@ -1,6 +1,6 @@
 """Shared pieces of the load tests: the server as a pinned subprocess, generated
-board catalogs, scratch databases and what they hold after a run, CPU
-accounting, and the statistics and tables the scripts print.
+board catalogs, scratch databases (and copies) and what they hold after a
+run, CPU and memory accounting, and the statistics and tables the scripts print.
 
 Not run by itself. Everything here talks to 127.0.0.1 only.
 """
@@ -132,6 +132,18 @@ def core_busy(
     return busy
 
 
+def rss_bytes(pid: int) -> float:
+    """Resident set size of a process (VmRSS in /proc/<pid>/status), NaN if unreadable."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return math.nan
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return float(line.split()[1]) * 1024  # reported in kB
+    return math.nan
+
+
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process, all threads (NaN if unreadable)."""
     try:
@@ -153,9 +165,11 @@ class ServerProcess:
     """`python -m server serve` in a subprocess, pinned with taskset, logging to a file.
 
     `flags` are `scoreboard serve` flags without the leading dashes, e.g.
-    `{"flush-max-batch": "1"}`. The server's JSON log (stderr) goes to
-    `log_path`, so a full pipe can never stall it. `tree` is the checkout
-    whose `server` package runs (default: this repository).
+    `{"flush-max-batch": "1"}`; `env` adds environment variables (e.g.
+    `{"SCOREBOARD_RANKS": "store"}`, set after this class's own). The
+    server's JSON log (stderr) goes to `log_path`, so a full pipe can never
+    stall it. `tree` is the checkout whose `server` package runs (default:
+    this repository).
     """
 
     def __init__(
@@ -169,8 +183,10 @@ class ServerProcess:
         port: int | None = None,
         ack: str = "commit",
         tree: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.database_url = database_url
+        self.env = dict(env or {})
         self.workdir = workdir
         self.flags = dict(flags or {})
         self.cpu = cpu
@@ -209,6 +225,7 @@ class ServerProcess:
             SCOREBOARD_ACK=self.ack,
             SCOREBOARD_LOG_LEVEL=self.log_level,
         )
+        env.update(self.env)
         return env
 
     def start(self) -> None:
@@ -367,6 +384,56 @@ async def drop_pg_database(admin_url: str, url: str) -> None:
         await con.execute(f'DROP DATABASE IF EXISTS "{database_name(url)}" WITH (FORCE)')
     finally:
         await con.close()
+
+
+async def clone_database(url: str, pg_admin_url: str) -> str:
+    """A copy of a SQLite or PostgreSQL database (nothing may be writing to it); returns its URL.
+
+    SQLite: the backup API (WAL content included) into a new file next to it.
+    PostgreSQL: `CREATE DATABASE ... TEMPLATE` (FILE_COPY: a copy of the files,
+    faster than logging them for a large database), retried for a few seconds
+    while the last sessions of a stopped server are still going away.
+    Remove it with `discard_database`.
+    """
+    if url.startswith("sqlite:"):
+        source = sqlite_file(url)
+        target = source.with_name(f"{source.stem}-copy-{uuid.uuid4().hex[:8]}{source.suffix}")
+
+        def copy() -> None:
+            src = sqlite3.connect(source)
+            dst = sqlite3.connect(target)
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+                src.close()
+
+        await asyncio.to_thread(copy)
+        return f"sqlite:///{target}"
+    name = f"{database_name(url)[:40]}_c{uuid.uuid4().hex[:8]}"
+    con = await asyncpg.connect(pg_admin_url, timeout=10)
+    try:
+        # STRATEGY exists from PostgreSQL 15 on (before it, FILE_COPY was the only way).
+        strategy = " STRATEGY FILE_COPY" if con.get_server_version().major >= 15 else ""
+        for attempt in range(50):
+            try:
+                await con.execute(f'CREATE DATABASE "{name}" TEMPLATE "{database_name(url)}"{strategy}')
+                break
+            except asyncpg.ObjectInUseError:
+                if attempt == 49:
+                    raise
+                await asyncio.sleep(0.2)
+    finally:
+        await con.close()
+    return with_database(pg_admin_url, name)
+
+
+async def discard_database(url: str, pg_admin_url: str) -> None:
+    """Remove a SQLite file (with its WAL) or drop a PostgreSQL database."""
+    if url.startswith("sqlite:"):
+        remove_sqlite(sqlite_file(url))
+    else:
+        await drop_pg_database(pg_admin_url, url)
 
 
 def sqlite_file(url: str) -> Path:

@@ -17,7 +17,7 @@ import logging
 import time
 
 from .hub import Hub, Hubs
-from .store import StorageError, Store
+from .store import Store
 
 log = logging.getLogger("scoreboard.ranks")
 
@@ -78,15 +78,15 @@ class RankLoader:
                         version = chunk.version
                         snapshot.add(chunk.rows)
                         await asyncio.sleep(0)  # other requests between chunks
-            except StorageError as exc:
+            except asyncio.CancelledError:
                 index.abandon_load(token)
-                log.warning("rank_load_failed", extra={"fields": {"board": hub.id, "error": str(exc)}})
+                raise
+            except Exception as exc:  # an outage (StorageError) or a driver's complaint
+                index.abandon_load(token)
+                log.warning("rank_load_failed", extra={"fields": {"board": hub.id, "error": repr(exc)}})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_retry_s)
                 continue
-            except BaseException:
-                index.abandon_load(token)
-                raise
             if version is None:
                 # The season changed under the load: a new season's ranks are
                 # complete (empty) at once; otherwise the store is ahead of
@@ -113,6 +113,9 @@ class RankLoader:
         self._tasks.clear()
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # A load cancelled inside a driver call may fail its cleanup with the
+        # driver's own error (asyncpg releasing a busy connection): it is
+        # stopped all the same, and closing goes on.
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.debug("rank_load_stopped", extra={"fields": {"error": repr(outcome)}})

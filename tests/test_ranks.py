@@ -455,3 +455,34 @@ async def test_reads_and_changes_while_the_ranks_load(
     await eventually_ready(server, "memory")
     sample = [*touched[:12], *rng.sample(players, 12)]
     await check_reads(server, model, sample, counts=(0, 3), pages=((0, 100), (50, 100), (3990, 20)))
+
+
+async def test_stopping_while_the_ranks_load_closes_cleanly(database_url: str, start: StartServer) -> None:
+    server = await start(database_url)
+    ws = await server.session.ws_connect(server.ws_url, headers=bearer(server.service_token))
+    players = 1500
+    for i in range(players):
+        body = {"userId": f"s{i:04}", "actionId": f"stop-{i}", "scoreDelta": 1 + i % 900}
+        await ws.send_json({"type": "score.update", "id": i, **body})
+    acks = [await ws.receive_json(timeout=10) for _ in range(players)]
+    assert all(a["type"] == "ack" for a in acks)
+    await ws.close()
+    await server.stop()
+    for _ in range(3):  # until a stop lands during the load (a fast machine may finish first)
+        # One row at a time: the load is still running when the server stops.
+        server = await start(database_url, rank_load_chunk=1)
+        loading = (await ok(server, "/readyz"))["ranks"] == "loading"
+        await server.stop()  # cancels the load mid-read: must neither raise nor hang
+        if loading:
+            break
+    server = await start(database_url)
+    assert await eventually_ranks_in_memory(server)
+    assert (await ok(server, "/api/boards/global/users/s0000"))["total"] == players
+
+
+async def eventually_ranks_in_memory(server: ServerHandle) -> bool:
+    for _ in range(200):
+        if (await ok(server, "/readyz"))["ranks"] == "memory":
+            return True
+        await asyncio.sleep(0.05)
+    return False
