@@ -857,6 +857,9 @@ def _config() -> schemathesis.Config:
             # Positive and negative data, in every phase: examples, coverage, fuzzing, stateful.
             "generation": {"max-examples": EXAMPLES, "mode": "all"},
             "continue-on-failure": True,
+            # A preflight's path parameters (the id rule's pattern) make Hypothesis discard
+            # many draws on a loaded machine; that is the generator's limit, not a finding.
+            "suppress-health-check": ["filter_too_much"],
             "workers": WORKERS,
             "request-timeout": 5,
             # Read an event stream until its first event (the snapshot), then hang up.
