@@ -178,12 +178,10 @@ class Hubs:
     def apply(self, batch: BatchResult) -> None:
         """Apply every board's part of a committed batch."""
         for committed in batch.committed:
-            hub = self._hubs.get(committed.board)
-            if hub is not None:
-                hub.apply(committed)
+            self.apply_one(committed)
 
     def apply_one(self, committed: Committed) -> None:
-        """Apply one board's committed value (a moderation's)."""
+        """Apply one board's committed value (a batch's part, a moderation)."""
         hub = self._hubs.get(committed.board)
         if hub is not None:
             hub.apply(committed)

@@ -22,16 +22,14 @@ from typing import TypeVar
 from . import queries
 from .board import Entry, sort_key
 from .catalog import BoardSpec
+from .scripted import ScriptedStore
 from .store import (
     Audit,
-    AuditRow,
     BatchPlan,
     BatchResult,
     BoardState,
     CreditRow,
     DataRefused,
-    Moderated,
-    Ranked,
     Record,
     ScanChunk,
     SeasonChange,
@@ -234,7 +232,7 @@ def _state(row: tuple[str, int, int, int, int | None, str]) -> BoardState:
     return BoardState(row[0], row[1], row[2], row[3], row[4], row[5])
 
 
-class SqliteStore:
+class SqliteStore(ScriptedStore):
     """The Store interface on one SQLite file."""
 
     def __init__(
@@ -567,22 +565,6 @@ class SqliteStore:
 
         return await self._on(self._writer, write)
 
-    async def count(self, board: str, season: int) -> int:
-        """How many players are ranked on a board's season."""
-        return await self._read(queries.count(board, season))
-
-    async def page(self, board: str, season: int, offset: int, limit: int) -> Ranked:
-        """Ranks `offset + 1` to `offset + limit`."""
-        return await self._read(queries.page(board, season, offset, limit))
-
-    async def around(self, board: str, season: int, user_id: str, count: int) -> Ranked | None:
-        """A player's entry and `count` on each side."""
-        return await self._read(queries.around(board, season, user_id, count))
-
-    async def many(self, board: str, season: int, user_ids: Sequence[str]) -> Ranked:
-        """The ranked ones of `user_ids`, best first."""
-        return await self._read(queries.many(board, season, user_ids))
-
     async def scan(self, board: str, season: int, chunk: int) -> AsyncGenerator[ScanChunk, None]:
         """Every entry of a board's season in ranking order, from one snapshot (see `Store.scan`).
 
@@ -620,34 +602,6 @@ class SqliteStore:
                 with contextlib.suppress(Exception):
                     await asyncio.get_running_loop().run_in_executor(executor, con.close)
             executor.shutdown(wait=False)
-
-    def is_blocked(self, user_id: str) -> bool:
-        """Whether an admin has blocked the player."""
-        return user_id in self._blocked
-
-    async def remove_entry(self, spec: BoardSpec, user_id: str, audit: Audit) -> Moderated | None:
-        """Delete a player's entry from the board's current season."""
-        return await self._write(queries.remove_entry(spec, user_id, audit))
-
-    async def block(self, user_id: str, audit: Audit) -> Moderated:
-        """Block a player and remove their current entries."""
-        done = await self._write(queries.block(list(self._specs.values()), user_id, audit))
-        self._blocked.add(user_id)
-        return done
-
-    async def unblock(self, user_id: str, audit: Audit) -> bool:
-        """Lift a block."""
-        changed = await self._write(queries.unblock(user_id, audit))
-        self._blocked.discard(user_id)
-        return changed
-
-    async def revert(self, action_id: str, audit: Audit) -> Moderated | None:
-        """Undo an action on every board it wrote."""
-        return await self._write(queries.revert(self._specs, action_id, audit, audit.at * 1_000_000))
-
-    async def audit_log(self, limit: int) -> list[AuditRow]:
-        """The latest admin operations."""
-        return await self._read(queries.audit_log(limit))
 
     async def ping(self) -> None:
         """Check that a transaction can be written, as a batch must be.

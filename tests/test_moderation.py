@@ -665,3 +665,16 @@ async def test_a_removal_racing_the_players_updates(mod: Driver) -> None:
     await watcher.holds(model, ["global", "level"])
     await watcher.close()
     await check_reads(server, model, ["ann", "bob"])
+
+
+async def test_a_blocked_player_is_refused_at_once_with_ack_memory(
+    database_url: str, start: StartServer
+) -> None:
+    # With ACK=memory the answer comes before the batch: the block is checked up front.
+    server = await start(database_url, ack="memory")
+    status, body = await send(server, "POST", "/api/admin/users/mallory/block", {"reason": "bot"}, ADMIN)
+    assert status == 200 and body["changed"] is True, body
+    status, body = await server.post("/scores/update", ticket("mallory", 5), token("mallory"))
+    assert (status, body["error"]["code"]) == (403, "user_blocked"), body
+    status, body = await server.post("/scores/update", ticket("honest", 5), token("honest"))
+    assert status == 202, body
