@@ -438,6 +438,20 @@ RECORD_SLIDES_JS = """() => {
   });
 }"""
 
+
+async def slides(page: Page, expected: set[str], timeout_s: float = 5.0) -> list[str]:
+    """The rows whose slide started, once `expected` all have (a loaded machine renders late).
+
+    Polled from here in real time: the page's own timers are faked by its clock.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        slid: list[str] = await page.evaluate("window.slid")
+        if expected <= set(slid) or asyncio.get_running_loop().time() > deadline:
+            return slid
+        await asyncio.sleep(0.05)
+
+
 # Records every text the connection state shows, with the page's time.
 RECORD_STATES_JS = """() => {
   const status = document.getElementById("status");
@@ -628,7 +642,7 @@ async def test_the_mover_is_highlighted_with_its_gain(
     await expect(page.locator("#rows .move")).to_have_count(1)
     await expect(rows.nth(2)).to_have_attribute("data-user-id", "ben")
     # Every row that changed place slid there.
-    slid = await page.evaluate("window.slid")
+    slid = await slides(page, {"amy", "ben", "cat"})
     assert set(slid) == {"amy", "ben", "cat"}, slid
 
     # A gain without a change of place is still shown, on the player.
