@@ -17,12 +17,16 @@ import math
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import cast
 
 from aiohttp import web
+from redis.asyncio import Redis
 
 from .board import Board
 from .broadcast import Broadcaster
+from .bus import Bus, ChangeLog
+from .bus import redis_client as bus_redis
 from .catalog import Catalog
 from .config import Secrets, Settings, load_catalog, make_data_dir, resolve_secrets, schedules
 from .connections import ConnectionGuard, GuardedSite, connection_middleware
@@ -31,12 +35,15 @@ from .feed import Feed
 from .http import RequestIds, Routes, error_middleware, request_id_header
 from .hub import FanoutTotals, Hub, Hubs
 from .jwks import jwks_keys
+from .limits import LocalLimiter, RedisLimiter
 from .metrics import METRICS, Metrics, MetricsEndpoint
 from .openapi import OPENAPI_PATH, OpenApiEndpoint, describe
 from .rankload import RankLoader
+from .schedule import Schedule
 from .seasons import Seasons
 from .service import ScoreService, record_commit, resync
 from .sse import SseEndpoint
+from .store import StorageError, Store
 from .stores import open_store
 from .tokens import TokenVerifier
 from .writer import Writer
@@ -153,48 +160,42 @@ async def _storage(
         pool_max=settings.pg_pool_max,
         sqlite_synchronous=settings.sqlite_synchronous,
     )
+    # With several processes: Redis carries committed values (the bus), the
+    # event history and the sequencer leases; rate limits are shared there.
+    redis_client = None if settings.redis_url is None else bus_redis(settings.redis_url, timeout_s=1.0)
     try:
-        epoch = _epoch()
-
-        def broadcaster(feed: Feed, board: Board) -> Broadcaster:
-            return Broadcaster(
-                feed,
-                board,
-                clock=time.monotonic,
-                tick_s=settings.broadcast_tick_ms / 1000,
-                high_water=settings.subscriber_buffer_bytes,
-                hard_limit=settings.ws_max_buffer_bytes,
-                stuck_timeout_s=settings.subscriber_stuck_s,
-            )
-
         plans = schedules(catalog)
-        now = math.floor(clock())
-        hubs: dict[str, Hub] = {}
-        for spec in catalog.boards.values():
-            plan = plans[spec.id]
-            state = await store.ensure_board(spec, now, None if plan is None else plan.next_after(now))
-            hubs[spec.id] = Hub(
-                spec,
-                state,
-                (),
-                epoch=epoch,
-                broadcaster=broadcaster,
-                history=settings.broadcast_history,
-                ranks=settings.ranks == "memory",
-            )
-        board_hubs = Hubs(hubs, catalog.default)
-        seasons = Seasons(board_hubs, store, plans, clock=clock, max_sleep_s=settings.season_check_s)
+        board_hubs = await _board_hubs(settings, store, catalog, plans, clock)
+        loader = RankLoader(board_hubs, store, chunk_rows=settings.rank_load_chunk)
+        follower = _follower(
+            settings, store=store, hubs=board_hubs, loader=loader, redis_client=redis_client, clock=clock
+        )
+        bus = follower if isinstance(follower, Bus) else None
+        seasons = Seasons(
+            board_hubs,
+            store,
+            plans,
+            clock=clock,
+            max_sleep_s=settings.season_check_s,
+            sync=None if bus is None else bus.catch_up,
+        )
         # Seasons that ended while the server was down end now, in order,
         # exactly as if it had been up; then each board loads its top K.
         await seasons.roll_due()
         for hub in board_hubs:
-            hub.board.replace(await store.top(hub.id, hub.season, hub.spec.top_k))
+            # State and top K from one snapshot: other processes may commit meanwhile.
+            state, top = await store.load_board(hub.id, hub.spec.top_k)
+            hub.reload(state, top)
         # Every rank comes after, in the background: the top K and updates
         # are served meanwhile, and rank reads go to the store until then.
-        loader = RankLoader(board_hubs, store, chunk_rows=settings.rank_load_chunk)
 
         async def recover() -> None:
-            await resync(board_hubs, store, math.floor(clock()))
+            if bus is not None:
+                # A batch whose answer was lost may have committed: its values
+                # are in the database, in version order.
+                await bus.catch_up_all()
+            else:
+                await resync(board_hubs, store, math.floor(clock()))
             loader.start()
 
         writer = Writer(
@@ -222,6 +223,13 @@ async def _storage(
             ack_commit=settings.ack == "commit",
             retry_after_s=settings.retry_after_s,
             rate_limit_keys=settings.rate_limit_keys,
+            limiter=None
+            if redis_client is None
+            else RedisLimiter(
+                redis_client,
+                prefix=settings.redis_prefix,
+                fallback=LocalLimiter(max_keys=settings.rate_limit_keys),
+            ),
             player_updates_per_min=settings.player_updates_per_min,
             player_actions_per_min=settings.player_actions_per_min,
             seasons=seasons,
@@ -229,6 +237,7 @@ async def _storage(
         app[HUBS] = board_hubs
         app[METRICS].watch_storage(writer, app[SERVICE], FanoutTotals(board_hubs))
         app[SERVICE].rank_state = lambda: loader.state
+        app[SERVICE].bus_state = (lambda: "off") if bus is None else (lambda: bus.state)
         writer.start()
         seasons.start(writer)
         loader.start()
@@ -252,13 +261,119 @@ async def _storage(
             await loader.close()
             await seasons.close()
             await writer.close(settings.shutdown_timeout_s)
+            await follower.close()
             board_hubs.close()
             log.info(
                 "writer_closed",
                 extra={"fields": {"batches": writer.batches, "committed": writer.committed}},
             )
     finally:
+        if redis_client is not None:
+            await redis_client.aclose()
         await store.close()
+
+
+async def _board_hubs(
+    settings: Settings,
+    store: Store,
+    catalog: Catalog,
+    plans: Mapping[str, Schedule | None],
+    clock: Callable[[], float],
+) -> Hubs:
+    """A hub per board of the catalog, each board created in the store if new."""
+    epoch = _epoch()
+
+    def broadcaster(feed: Feed, board: Board) -> Broadcaster:
+        return Broadcaster(
+            feed,
+            board,
+            clock=time.monotonic,
+            tick_s=settings.broadcast_tick_ms / 1000,
+            high_water=settings.subscriber_buffer_bytes,
+            hard_limit=settings.ws_max_buffer_bytes,
+            stuck_timeout_s=settings.subscriber_stuck_s,
+        )
+
+    now = math.floor(clock())
+    hubs: dict[str, Hub] = {}
+    for spec in catalog.boards.values():
+        plan = plans[spec.id]
+        state = await store.ensure_board(spec, now, None if plan is None else plan.next_after(now))
+        hubs[spec.id] = Hub(
+            spec,
+            state,
+            (),
+            epoch=epoch,
+            broadcaster=broadcaster,
+            history=settings.broadcast_history,
+            ranks=settings.ranks == "memory",
+        )
+    return Hubs(hubs, catalog.default)
+
+
+def _follower(
+    settings: Settings,
+    *,
+    store: Store,
+    hubs: Hubs,
+    loader: RankLoader,
+    redis_client: Redis | None,
+    clock: Callable[[], float],
+) -> Bus | GapResync:
+    """What keeps the hubs in step with the database: the bus (several processes) or gap resyncs."""
+    if redis_client is None:
+        resync_gaps = GapResync(store, loader, clock)
+        hubs.on_gap = resync_gaps
+        return resync_gaps
+    bus = Bus(
+        hubs,
+        # Settings refuse a shared server on anything but PostgreSQL, the
+        # store that keeps committed values by version.
+        cast(ChangeLog, store),
+        redis_client,
+        prefix=settings.redis_prefix,
+        on_reload=lambda hub: loader.start(hub.id),
+        poll_s=settings.bus_poll_s,
+    )
+    # Listening starts before the boards load, so nothing committed meanwhile
+    # is missed: what is older than the load is ignored.
+    bus.start()
+    return bus
+
+
+class GapResync:
+    """One process: a version went missing (a commit whose answer was lost); reload that board."""
+
+    def __init__(self, store: Store, loader: RankLoader, clock: Callable[[], float]) -> None:
+        self._store = store
+        self._loader = loader
+        self._clock = clock
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def __call__(self, hub: Hub) -> None:
+        if hub.id not in self._tasks:
+            task = asyncio.get_running_loop().create_task(
+                self._resync(hub), name=f"scoreboard-resync-{hub.id}"
+            )
+            self._tasks[hub.id] = task
+            task.add_done_callback(lambda _: self._tasks.pop(hub.id, None))
+
+    async def _resync(self, hub: Hub) -> None:
+        log.warning("version_gap", extra={"fields": {"board": hub.id, "missing": hub.missing}})
+        try:
+            state = await self._store.ensure_board(hub.spec, math.floor(self._clock()), hub.ends_at)
+            hub.reload(state, await self._store.top(hub.id, state.season, hub.spec.top_k))
+        except StorageError as exc:
+            log.warning("version_gap_resync_failed", extra={"fields": {"board": hub.id, "error": repr(exc)}})
+            return
+        self._loader.start(hub.id)
+
+    async def close(self) -> None:
+        """Stop resyncs in progress; idempotent."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _epoch() -> str:
@@ -266,8 +381,14 @@ def _epoch() -> str:
     return f"{int(time.time()):x}{secrets.token_hex(2)}"
 
 
-async def start(app: web.Application, settings: Settings) -> tuple[web.AppRunner, int]:
-    """Start serving `app` on the configured address; returns the runner and port."""
+async def start(
+    app: web.Application, settings: Settings, *, reuse_port: bool = False
+) -> tuple[web.AppRunner, int]:
+    """Start serving `app` on the configured address; returns the runner and port.
+
+    `reuse_port` sets SO_REUSEPORT so the worker processes of one supervisor
+    (workers.py) listen on the same port and the kernel spreads connections.
+    """
     guard = ConnectionGuard(
         request_timeout_s=settings.request_timeout_s,
         keepalive_timeout_s=settings.keepalive_timeout_s,
@@ -287,6 +408,7 @@ async def start(app: web.Application, settings: Settings) -> tuple[web.AppRunner
             # Room for a token of jwt_max_bytes plus "Bearer " so an oversized
             # token is refused by us with a JSON 401, not by the HTTP parser.
             max_field_size=max(8190, settings.jwt_max_bytes * 2),
+            reuse_port=reuse_port,
         )
         await site.start()
     except BaseException:
@@ -296,10 +418,10 @@ async def start(app: web.Application, settings: Settings) -> tuple[web.AppRunner
     return runner, port
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully (`reuse_port`: see `start`)."""
     app = create_app(settings)
-    runner, port = await start(app, settings)
+    runner, port = await start(app, settings, reuse_port=reuse_port)
     shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host  # noqa: S104
     if ":" in shown:
         shown = f"[{shown}]"

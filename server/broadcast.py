@@ -119,6 +119,8 @@ class Broadcaster:
         self._published_version = board.version
         self._scheduled: asyncio.Handle | None = None
         self._catch_up: asyncio.TimerHandle | None = None
+        # The commit version the board is at (its hub sets this).
+        self.committed: Callable[[], int] = lambda: 0
 
     def __len__(self) -> int:
         return len(self._fanout)
@@ -219,7 +221,7 @@ class Broadcaster:
     def _publish(self) -> None:
         self._scheduled = None
         self._published_version = self._board.version
-        event = self.feed.publish(self._board.entries())
+        event = self.feed.publish(self._board.entries(), self.committed())
         if event is None:
             return
         self._last_publish = self._clock()

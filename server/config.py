@@ -263,6 +263,36 @@ class Settings:
         default=10.0,
     )
     log_level: str = _opt("SCOREBOARD_LOG_LEVEL", "debug, info, warning or error", default="info")
+    redis_url: str | None = _opt(
+        "SCOREBOARD_REDIS_URL",
+        "redis://host:port/db shared by every process over one PostgreSQL: committed events, the event "
+        "history, sequencer leases and rate limits (default: none, one process)",
+        default=None,
+        repr=False,
+    )
+    redis_prefix: str = _opt(
+        "SCOREBOARD_REDIS_PREFIX",
+        "prefix of every Redis key and channel (deployments sharing one Redis use different ones)",
+        default="scoreboard",
+    )
+    workers: int = _opt(
+        "SCOREBOARD_WORKERS",
+        "worker processes sharing the listening port (SO_REUSEPORT); above 1 needs PostgreSQL and "
+        "SCOREBOARD_REDIS_URL",
+        default=1,
+    )
+    bus_poll_s: float = _opt(
+        "SCOREBOARD_BUS_POLL_S",
+        "how often each process reads the board versions from the database, catching commits the bus "
+        "missed (Redis down, a lost message)",
+        default=1.0,
+    )
+    sequencer_lease_s: float = _opt(
+        "SCOREBOARD_SEQUENCER_LEASE_S",
+        "a board's event sequencer holds its Redis lease this long; another process takes over within it "
+        "when the holder dies",
+        default=2.0,
+    )
 
     @classmethod
     def from_env(
@@ -410,7 +440,48 @@ class Settings:
             (("ws_auth_timeout_s",), self.ws_auth_timeout_s > 0, "must be > 0"),
             (("jwks_refresh_s",), self.jwks_refresh_s > 0, "must be > 0"),
             (("jwks_min_refresh_s",), self.jwks_min_refresh_s >= 0, "must be >= 0"),
+            (("workers",), 1 <= self.workers <= 256, "must be from 1 to 256"),
+            (("bus_poll_s",), self.bus_poll_s > 0, "must be > 0"),
+            (("sequencer_lease_s",), self.sequencer_lease_s >= 0.2, "must be at least 0.2"),
+            (("redis_prefix",), bool(_PREFIX.match(self.redis_prefix)), "must be 1-64 of [A-Za-z0-9_.:-]"),
+            (
+                ("redis_url",),
+                self.redis_url is None or self.redis_url.startswith(("redis://", "rediss://", "unix://")),
+                "must start with redis://, rediss:// or unix://",
+            ),
+            (
+                ("workers", "redis_url"),
+                self.workers == 1 or self.redis_url is not None,
+                "more than one worker needs SCOREBOARD_REDIS_URL (committed events cross processes there)",
+            ),
+            (
+                ("database_url",),
+                not self.shared or self.store_url.startswith(("postgresql://", "postgres://")),
+                "processes sharing the work (SCOREBOARD_REDIS_URL or --workers above 1) need one "
+                "PostgreSQL (postgresql://...); SQLite serves one process",
+            ),
+            (
+                ("jwt_secret",),
+                not self.shared
+                or any(
+                    x is not None
+                    for x in (self.jwt_secret, self.jwt_public_key_file, self.jwks_file, self.jwks_url)
+                ),
+                "must be set when processes share the work (SCOREBOARD_REDIS_URL or --workers above 1): "
+                "each would generate its own",
+            ),
+            (
+                ("ticket_secret", "ticket_keys"),
+                not self.shared or self.ticket_secret is not None or self.ticket_keys is not None,
+                "one must be set when processes share the work (SCOREBOARD_REDIS_URL or --workers above 1): "
+                "each would generate its own",
+            ),
         ]
+
+    @property
+    def shared(self) -> bool:
+        """Whether several processes share the boards (over PostgreSQL and Redis)."""
+        return self.redis_url is not None or self.workers > 1
 
     @property
     def origins(self) -> frozenset[str]:
@@ -447,7 +518,8 @@ METRICS_MODES = ("public", "service", "off")
 _ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
 _INT = re.compile(r"^[+-]?[0-9]+$")
 _FLOAT = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
-_SECRET_FIELDS = frozenset({"jwt_secret", "ticket_secret", "ticket_keys"})
+_SECRET_FIELDS = frozenset({"jwt_secret", "ticket_secret", "ticket_keys", "redis_url"})
+_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 def _origin_list(raw: str) -> frozenset[str]:

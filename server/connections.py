@@ -414,7 +414,8 @@ class GuardedSite(web.BaseSite):
 
     `max_line_size`, `max_field_size` and `max_headers` (aiohttp's defaults:
     8190, 8190, 128) bound the request line, one header and the header count;
-    beyond them the request is answered 431.
+    beyond them the request is answered 431. `reuse_port` sets SO_REUSEPORT,
+    so worker processes share the port (workers.py).
     """
 
     __slots__ = (
@@ -425,6 +426,7 @@ class GuardedSite(web.BaseSite):
         "_host",
         "_listen_backlog",
         "_port",
+        "_reuse_port",
     )
 
     def __init__(
@@ -438,8 +440,10 @@ class GuardedSite(web.BaseSite):
         max_line_size: int = 8190,
         max_field_size: int = 8190,
         max_headers: int = 128,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__(runner, backlog=backlog)
+        self._reuse_port = reuse_port
         self._app_runner = runner
         self._listen_backlog = backlog
         self._host = host
@@ -480,7 +484,12 @@ class GuardedSite(web.BaseSite):
             return GuardedRequestHandler(manager, loop=loop, guard=guard, **kwargs)
 
         server = await loop.create_server(
-            factory, self._host, self._port, backlog=self._listen_backlog, reuse_address=True
+            factory,
+            self._host,
+            self._port,
+            backlog=self._listen_backlog,
+            reuse_address=True,
+            reuse_port=self._reuse_port,
         )
         self._server = server
         self._bound_port = server.sockets[0].getsockname()[1] if server.sockets else self._port

@@ -125,6 +125,8 @@ class Feed:
     ) -> None:
         self.epoch = epoch
         self.seq = 0
+        # The highest commit version the board as of `seq` includes.
+        self.version = 0
         self.board_id = board_id
         self.season = season
         self._board: tuple[Entry, ...] = tuple(board)
@@ -136,9 +138,10 @@ class Feed:
         """The board as of `seq`."""
         return self._board
 
-    def publish(self, board: Sequence[Entry]) -> Event | None:
-        """The diff from the last published board to `board`, or None if equal."""
+    def publish(self, board: Sequence[Entry], version: int = 0) -> Event | None:
+        """The diff from the last published board to `board` (as of commit `version`), or None if equal."""
         changes = diff(self._board, board)
+        self.version = max(self.version, version)
         if not changes:
             return None
         self.seq += 1
@@ -150,6 +153,7 @@ class Feed:
             "season": self.season,
             "epoch": self.epoch,
             "seq": self.seq,
+            "version": self.version,
             "changes": [
                 {"rank": c.rank, "removed": True} if c.entry is None else entry_json(c.rank, c.entry)
                 for c in changes
@@ -168,14 +172,16 @@ class Feed:
                 "season": self.season,
                 "epoch": self.epoch,
                 "seq": self.seq,
+                "version": self.version,
                 "topUsers": [entry_json(i + 1, e) for i, e in enumerate(self._board)],
             }
             self._snapshot = Event(SNAPSHOT, self.epoch, self.seq, orjson.dumps(body))
         return self._snapshot
 
-    def new_season(self, board: Sequence[Entry], ended: int, season: int) -> list[Event]:
+    def new_season(self, board: Sequence[Entry], ended: int, season: int, version: int = 0) -> list[Event]:
         """End season `ended`: a `board:season` event and the new season's snapshot, at the next seq."""
         self.seq += 1
+        self.version = max(self.version, version)
         self.season = season
         self._board = tuple(board)
         self._snapshot = None
@@ -186,6 +192,7 @@ class Feed:
             "season": season,
             "epoch": self.epoch,
             "seq": self.seq,
+            "version": self.version,
         }
         events = [Event(SEASON, self.epoch, self.seq, orjson.dumps(body)), self.snapshot()]
         self._history.extend(events)

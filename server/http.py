@@ -112,6 +112,7 @@ def _listing(found: Listing) -> web.Response:
         {
             "board": found.hub.id,
             "season": found.season,
+            "version": found.version,
             "total": found.total,
             "entries": [entry_json(r.rank, r.entry) for r in found.entries],
         }
@@ -357,7 +358,8 @@ class Routes:
         identity = await self._authenticate(request)
         body = await self._json(request)
         service = self._service()
-        answer = await service.credit(identity, body).answer()
+        pending = await service.credit(identity, body)
+        answer = await pending.answer()
         if not answer.default_board:
             return json_response(answer.body, status=answer.status)
         return json_response(
@@ -367,7 +369,7 @@ class Routes:
     async def start_action(self, request: web.Request) -> web.Response:
         """POST /api/actions: issue a ticket for an action the player starts."""
         identity = await self._authenticate(request)
-        started = self._service().start_action(identity, await self._json(request))
+        started = await self._service().start_action(identity, await self._json(request))
         return json_response(
             {
                 "actionId": started.action_id,
@@ -381,7 +383,8 @@ class Routes:
 
     async def top(self, request: web.Request) -> web.Response:
         """GET /scores: the default board, best first."""
-        return json_response({"topUsers": self._service().hubs.default.top_users()})
+        hub = self._service().hubs.default
+        return json_response({"topUsers": hub.top_users(), "version": hub.version})
 
     async def user(self, request: web.Request) -> web.Response:
         """GET /api/users/{userId}: one user's score and rank on the default board."""
@@ -390,7 +393,13 @@ class Routes:
         ranked = found.entries[0]
         e = ranked.entry
         return json_response(
-            {"userId": e.user_id, "username": e.username, "score": e.score, "rank": ranked.rank}
+            {
+                "userId": e.user_id,
+                "username": e.username,
+                "score": e.score,
+                "rank": ranked.rank,
+                "version": found.version,
+            }
         )
 
     async def boards(self, request: web.Request) -> web.Response:
@@ -410,7 +419,13 @@ class Routes:
             ranks = hub.ranks
             if ranks is not None:  # the common read: the top K encoded once per change
                 return json_response(
-                    {"board": hub.id, "season": hub.season, "total": len(ranks), "entries": hub.top_users()}
+                    {
+                        "board": hub.id,
+                        "season": hub.season,
+                        "version": hub.version,
+                        "total": len(ranks),
+                        "entries": hub.top_users(),
+                    }
                 )
         return _listing(await service.standings.page(offset, limit, hub.id, season))
 
@@ -430,6 +445,7 @@ class Routes:
             "score": e.score,
             "rank": ranked.rank,
             "total": found.total,
+            "version": found.version,
         }
         if e.metadata is not None:
             body["metadata"] = orjson.Fragment(e.metadata)
@@ -587,5 +603,10 @@ class Routes:
                 retry_after=service.retry_after_s,
             )
         return json_response(
-            {"status": "ready", "queued": service.writer.queued, "ranks": service.rank_state()}
+            {
+                "status": "ready",
+                "queued": service.writer.queued,
+                "ranks": service.rank_state(),
+                "bus": service.bus_state(),
+            }
         )

@@ -1,10 +1,13 @@
 """Board hubs: one per board owns its season, its top K, its feed and its subscribers.
 
 A hub changes only by applying values: `Committed` (a batch's part on this
-board) and `SeasonChange`, whoever produced them (the local writer today, a
-bus from other processes later, through the same `Hubs.apply`). Applying is
-idempotent: a value whose version is not newer than what the hub holds is
-ignored, never an error.
+board, a moderation) and `SeasonChange`, whoever produced them: the local
+writer, or the bus carrying other processes' commits, through the same
+`Hubs.offer`. Applying is idempotent: a value whose version is not newer than
+what the hub holds is ignored, never an error. With several processes the
+board's versions are gap-free and applied strictly in order: a value that
+arrives ahead of a missing one waits (`Hub.offer`) until the gap is filled
+from the bus or the database.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from .errors import Code, ScoreboardError
 from .feed import Feed, entry_json
 from .ranks import RankIndex, Ranks
 from .store import BatchResult, BoardState, Committed, SeasonChange
+
+Change = Committed | SeasonChange
 
 log = logging.getLogger("scoreboard.hub")
 
@@ -49,9 +54,41 @@ class Hub:
         self.board = Board(spec.top_k, entries, desc=spec.desc)
         self.feed = Feed(epoch, self.board.entries(), history=history, board_id=spec.id, season=state.season)
         self.broadcaster = broadcaster(self.feed, self.board)
+        self.broadcaster.committed = lambda: self.version
         self._encoded_version = -1
         self._encoded = orjson.Fragment(b"[]")
         self.ignored = 0
+        # Values that came ahead of a missing version, by version.
+        self._ahead: dict[int, Change] = {}
+
+    def offer(self, change: Change) -> bool:
+        """Apply `change` in version order; True while a version before one held here is missing.
+
+        A value newer than the next version is held until the ones before it
+        arrive; older ones are ignored.
+        """
+        if change.version <= self.version:
+            self.ignored += 1
+        else:
+            self._ahead[change.version] = change
+            self._drain()
+        return bool(self._ahead)
+
+    def _drain(self) -> None:
+        while (ready := self._ahead.pop(self.version + 1, None)) is not None:
+            if isinstance(ready, SeasonChange):
+                self.season_changed(ready)
+            else:
+                self.apply(ready)
+            # Whatever the value did, its version is this board's now.
+            self.version = max(self.version, ready.version)
+
+    @property
+    def missing(self) -> tuple[int, int] | None:
+        """The versions `(first, last)` missing before the earliest held value, if any."""
+        if not self._ahead:
+            return None
+        return self.version + 1, min(self._ahead) - 1
 
     @property
     def id(self) -> str:
@@ -104,12 +141,16 @@ class Hub:
         if self.index is not None:
             self.index.new_season()
         self.broadcaster.publish_events(
-            self.feed.new_season(self.board.entries(), change.ended, change.season)
+            self.feed.new_season(self.board.entries(), change.ended, change.season, change.version)
         )
         return True
 
     def reload(self, state: BoardState, entries: Sequence[Entry]) -> None:
-        """Take the store's state as it is (start-up, recovery after a storage outage)."""
+        """Take the store's state as it is (start-up, recovery after a storage outage).
+
+        The top K is exact at once; ranks must be loaded again by the caller
+        when versions were skipped.
+        """
         if state.season > self.season:
             self.season_changed(
                 SeasonChange(
@@ -117,9 +158,12 @@ class Hub:
                 )
             )
         self.version = max(self.version, state.version)
+        for version in [v for v in self._ahead if v <= self.version]:
+            del self._ahead[version]
         self.ends_at = state.ends_at
         self.board.replace(entries)
         self.broadcaster.board_changed()
+        self._drain()
 
     @property
     def ranks(self) -> Ranks | None:
@@ -152,11 +196,20 @@ class Hub:
 
 
 class Hubs:
-    """Every board's hub, and the one door committed values come in through."""
+    """Every board's hub, and the one door committed values come in through.
+
+    Values this process committed come in through `apply`, `apply_one` and
+    `season_changed` and are handed to `publish` (the bus, with several
+    processes); values other processes committed come in through `offer`.
+    `on_gap(hub)` is called when a hub holds a value ahead of a missing
+    version (the bus repairs it from the database).
+    """
 
     def __init__(self, hubs: Mapping[str, Hub], default: str) -> None:
         self._hubs = dict(hubs)
         self.default = self._hubs[default]
+        self.on_gap: Callable[[Hub], None] | None = None
+        self.publish: Callable[[Change], None] | None = None
 
     def __iter__(self) -> Iterator[Hub]:
         return iter(self._hubs.values())
@@ -176,21 +229,29 @@ class Hubs:
         return hub
 
     def apply(self, batch: BatchResult) -> None:
-        """Apply every board's part of a committed batch."""
+        """Apply every board's part of a batch this process committed."""
         for committed in batch.committed:
-            self.apply_one(committed)
+            self.local(committed)
 
     def apply_one(self, committed: Committed) -> None:
-        """Apply one board's committed value (a batch's part, a moderation)."""
-        hub = self._hubs.get(committed.board)
-        if hub is not None:
-            hub.apply(committed)
+        """Apply one board's value this process committed (a moderation)."""
+        self.local(committed)
 
     def season_changed(self, change: SeasonChange) -> None:
-        """Apply a season change."""
+        """Apply a season change this process committed."""
+        self.local(change)
+
+    def local(self, change: Change) -> None:
+        """Apply a value this process committed, and tell the other processes."""
+        self.offer(change)
+        if self.publish is not None:
+            self.publish(change)
+
+    def offer(self, change: Change) -> None:
+        """Apply a committed value in its board's version order (see `Hub.offer`)."""
         hub = self._hubs.get(change.board)
-        if hub is not None:
-            hub.season_changed(change)
+        if hub is not None and hub.offer(change) and self.on_gap is not None:
+            self.on_gap(hub)
 
     def close(self) -> None:
         """Stop every hub's timers."""

@@ -111,8 +111,12 @@ def _update_schemas(settings: Settings, catalog: Catalog, user_id: Json, action_
                 {
                     "newScore": {**ref("Score"), "description": "The default board's score."},
                     "topUsers": ref("TopUsers"),
+                    "visibleAt": {
+                        **ref("VisibleAt"),
+                        "description": "The default board's version that includes the update.",
+                    },
                 },
-                "`newScore` and `topUsers` only when the update wrote the default board.",
+                "`newScore`, `topUsers` and `visibleAt` only when the update wrote the default board.",
             ),
             "dependentRequired": {"newScore": ["topUsers"], "topUsers": ["newScore"]},
         },
@@ -125,8 +129,16 @@ def _update_schemas(settings: Settings, catalog: Catalog, user_id: Json, action_
                     "description": "Whether the record was written: always on `incr` and `latest` boards, "
                     "on `best` ones when the value beat the best.",
                 },
+                "visibleAt": ref("VisibleAt"),
             }
         ),
+        "VisibleAt": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "The board version that includes the update (read your writes): a read or "
+            "event with `version` at least this shows it, on any process. 0: credited before versions "
+            "were recorded.",
+        },
         "Accepted": members(
             {
                 "success": {"const": True},
@@ -176,8 +188,24 @@ def _board_schemas(catalog: Catalog, ids: Json, user_id: Json) -> Json:
         "Score": _scores_of([default]),
         "BoardEntry": row(default.top_k, ref("Score"), "A row of the default board."),
         "TopUsers": {"type": "array", "items": ref("BoardEntry"), "maxItems": default.top_k},
-        "Board": members({"topUsers": ref("TopUsers")}, about="The default board, best first."),
-        "Standing": members({"userId": user_id, "username": name, "score": ref("Score"), "rank": integer(1)}),
+        "Version": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "The highest commit version of the board this includes: an update whose "
+            "`visibleAt` is at most this is in it.",
+        },
+        "Board": members(
+            {"topUsers": ref("TopUsers"), "version": ref("Version")}, about="The default board, best first."
+        ),
+        "Standing": members(
+            {
+                "userId": user_id,
+                "username": name,
+                "score": ref("Score"),
+                "rank": integer(1),
+                "version": ref("Version"),
+            }
+        ),
         "Entry": row(top_k, _scores_of(boards), "A row of any board."),
         "RankedEntry": row(None, _scores_of(boards), "A row of any board, at any rank."),
         "BoardInfo": members(
@@ -219,7 +247,13 @@ def _board_schemas(catalog: Catalog, ids: Json, user_id: Json) -> Json:
             about="Every board, in the catalog's order.",
         ),
         "BoardScores": members(
-            {"board": ref("BoardId"), "season": season, "total": total, "entries": ranked(page)},
+            {
+                "board": ref("BoardId"),
+                "season": season,
+                "version": ref("Version"),
+                "total": total,
+                "entries": ranked(page),
+            },
             about="A page of a season's ranking, best first: ranks `offset + 1` to `offset + limit` "
             "(fewer or none past the end); by default the top K (the board's `topK`).",
         ),
@@ -232,6 +266,7 @@ def _board_schemas(catalog: Catalog, ids: Json, user_id: Json) -> Json:
                 "score": _scores_of(boards),
                 "rank": integer(1),
                 "total": integer(1, about=total["description"]),
+                "version": ref("Version"),
             },
             {"metadata": metadata},
         ),
@@ -239,6 +274,7 @@ def _board_schemas(catalog: Catalog, ids: Json, user_id: Json) -> Json:
             {
                 "board": ref("BoardId"),
                 "season": season,
+                "version": ref("Version"),
                 "total": total,
                 "entries": {**ranked(2 * MAX_AROUND + 1), "minItems": 1},
             },
@@ -247,7 +283,13 @@ def _board_schemas(catalog: Catalog, ids: Json, user_id: Json) -> Json:
             "min(total, 2 * count + 1) entries.",
         ),
         "BoardUsers": members(
-            {"board": ref("BoardId"), "season": season, "total": total, "entries": ranked(MAX_IDS)},
+            {
+                "board": ref("BoardId"),
+                "season": season,
+                "version": ref("Version"),
+                "total": total,
+                "entries": ranked(MAX_IDS),
+            },
             about="The listed players' entries with their ranks on the whole board, best first "
             "(unknown ids left out).",
         ),
@@ -364,7 +406,7 @@ def _admin_schemas(catalog: Catalog, user_id: Json, action_id: Json) -> Json:
 
 
 def _stream_schemas(epoch: Json, top_k: int) -> Json:
-    position = {"board": ref("BoardId"), "epoch": epoch}
+    position = {"board": ref("BoardId"), "epoch": epoch, "version": ref("Version")}
     return {
         "Snapshot": members(
             {
@@ -464,6 +506,12 @@ def schemas(settings: Settings, catalog: Catalog) -> Json:
                     "description": "Where ranks come from: `memory` (every rank), `loading` (after a start, "
                     "read from the database until loaded) or `store` (SCOREBOARD_RANKS=store: always "
                     "database queries).",
+                },
+                "bus": {
+                    "enum": ["up", "down", "off"],
+                    "description": "Committed values from other processes: `up` (through Redis), `down` "
+                    "(Redis unreachable: read from the database every SCOREBOARD_BUS_POLL_S) or `off` "
+                    "(one process, no SCOREBOARD_REDIS_URL).",
                 },
             }
         ),

@@ -19,16 +19,19 @@ from typing import TypeVar
 
 import asyncpg
 
-from . import queries
+from . import changes, queries
 from .board import Entry, sort_key
 from .catalog import BOARD_ID, BoardSpec
 from .scripted import ScriptedStore
 from .store import (
     Audit,
+    BatchPlan,
     BatchResult,
     BoardState,
+    Committed,
     CreditRow,
     DataRefused,
+    Moderated,
     Record,
     ScanChunk,
     SeasonChange,
@@ -152,15 +155,43 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        4,
+        # Several processes: the board version each credit became visible at
+        # (an update's `visibleAt`), and every committed value by version, so
+        # a process that missed a bus message reads it back.
+        """
+        ALTER TABLE credits ADD COLUMN version bigint NOT NULL DEFAULT 0;
+        CREATE TABLE changes (
+            board       text COLLATE "C" NOT NULL,
+            version     bigint NOT NULL,
+            created_at  bigint NOT NULL DEFAULT extract(epoch FROM clock_timestamp())::bigint,
+            body        bytea NOT NULL,
+            PRIMARY KEY (board, version)
+        );
+        CREATE INDEX changes_by_age ON changes (created_at);
+        """,
+    ),
 ]
 _MIGRATION_LOCK = 0x5C0EB0A4D
 
 # Every query is a constant: no value is ever formatted into SQL text.
 _ACTIONS = "SELECT action_id, user_id FROM actions WHERE action_id = ANY($1::text[])"
 _CREDITS = """
-SELECT action_id, board, season, user_id, value, score_after, improved FROM credits
+SELECT action_id, board, season, user_id, value, score_after, improved, version FROM credits
 WHERE action_id = ANY($1::text[])
 """
+_BLOCKED = "SELECT user_id FROM blocks WHERE user_id = ANY($1::text[])"
+# Moderation serialises with every batch: all board rows, in id order (the
+# order batches lock their subsets in, so no deadlock).
+_LOCK_BOARDS = "SELECT id FROM boards ORDER BY id FOR UPDATE"
+_INSERT_CHANGES = """
+INSERT INTO changes (board, version, body) SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[])
+"""
+_CHANGES_SINCE = """
+SELECT body FROM changes WHERE board = $1 AND version > $2 ORDER BY version LIMIT $3
+"""
+_VERSIONS = "SELECT id, season, version FROM boards"
 _TAKE_VERSIONS = """
 UPDATE boards SET version = version + 1 WHERE id = ANY($1::text[]) RETURNING id, season, version
 """
@@ -184,18 +215,24 @@ ON CONFLICT (board, season, user_id) DO UPDATE SET
     metadata = EXCLUDED.metadata,
     updated_at = EXCLUDED.updated_at
 """
-_INSERT_ACTIONS = """
+# Claims the batch's new action ids. Another writer's uncommitted claim of
+# the same id makes this wait for it; if that commits, the id is skipped and
+# the update answered from the ledger (a race is a duplicate, not an error).
+_CLAIM_ACTIONS = """
 INSERT INTO actions (action_id, user_id, source, stamp, username, metadata, created_at)
 SELECT *, $7 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
+ON CONFLICT (action_id) DO NOTHING
+RETURNING action_id
 """
 _SCAN = """
 SELECT user_id, username, score, reached_at, metadata FROM entries WHERE board = $1 AND season = $2
 ORDER BY sort_key, reached_at, user_id
 """
 _INSERT_CREDITS = """
-INSERT INTO credits (action_id, board, season, user_id, value, score_after, improved)
+INSERT INTO credits (action_id, board, season, user_id, value, score_after, improved, version)
 SELECT * FROM unnest(
-    $1::text[], $2::text[], $3::integer[], $4::text[], $5::bigint[], $6::bigint[], $7::boolean[]
+    $1::text[], $2::text[], $3::integer[], $4::text[], $5::bigint[], $6::bigint[], $7::boolean[],
+    $8::bigint[]
 )
 """
 _TOP = """
@@ -213,7 +250,8 @@ SELECT user_id, username, score, reached_at, metadata,
 FROM entries e WHERE e.board = $1 AND e.season = $2 AND e.user_id = $3
 """
 _BOARD = "SELECT id, season, version, started_at, ends_at, reset FROM boards WHERE id = $1"
-_CONFLICT_RETRIES = 3
+# A deadlock or serialization failure aborts the transaction; it is retried.
+_CONFLICT_RETRIES = 5
 log = logging.getLogger("scoreboard.postgres")
 T = TypeVar("T")
 _Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
@@ -239,6 +277,21 @@ async def _drive(con: _Connection, script: queries.Script[T]) -> T:
 def _record(row: asyncpg.Record) -> Record:
     metadata = row[4]
     return Record(row[0], row[1], row[2], row[3], None if metadata is None else metadata.encode())
+
+
+async def _record_changes(con: _Connection, values: Sequence[Committed | SeasonChange]) -> None:
+    """Keep committed values by version, in the transaction that made them."""
+    if values:
+        await con.execute(
+            _INSERT_CHANGES,
+            [v.board for v in values],
+            [v.version for v in values],
+            [changes.encode(v) for v in values],
+        )
+
+
+def _text(metadata: bytes | None) -> str | None:
+    return None if metadata is None else metadata.decode()
 
 
 def _state_missing(board: str) -> BoardState:
@@ -328,9 +381,16 @@ class PostgresStore(ScriptedStore):
         for attempt in range(_CONFLICT_RETRIES):
             try:
                 return await self._apply(batch, stamps, now_us)
-            except asyncpg.UniqueViolationError:
+            except (
+                asyncpg.UniqueViolationError,
+                asyncpg.DeadlockDetectedError,
+                asyncpg.SerializationError,
+            ) as exc:
+                # Writers racing on the same rows: the transaction rolled
+                # back whole, so planning it again is safe.
+                log.info("batch_retried", extra={"fields": {"attempt": attempt + 1, "error": repr(exc)}})
                 if attempt == _CONFLICT_RETRIES - 1:
-                    raise StorageError("postgresql: action ids kept colliding with another writer") from None
+                    raise StorageError(f"postgresql: {exc}") from None
             except asyncpg.NumericValueOutOfRangeError as exc:  # a value past bigint
                 raise DataRefused(f"postgresql: {exc}", overflow=True) from exc
             except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
@@ -347,21 +407,63 @@ class PostgresStore(ScriptedStore):
             return {}
         credits: dict[str, dict[str, CreditRow]] = {}
         for r in await con.fetch(_CREDITS, list(users)):
-            credits.setdefault(r[0], {})[r[1]] = CreditRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6])
+            credits.setdefault(r[0], {})[r[1]] = CreditRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
         return {a: StoredAction(u, credits.get(a, {})) for a, u in users.items()}
+
+    async def _plan(
+        self, con: _Connection, batch: Sequence[Update], stamps: Sequence[int], now_us: int
+    ) -> tuple[BatchPlan, dict[str, int], dict[str, int]]:
+        """Plan the batch against the ledger, take its boards' versions and claim its action ids.
+
+        Order matters with several writers: board rows are locked first (in
+        id order), then blocks are read (a block locks every board row, so
+        one that committed first is seen), then the new action ids are
+        claimed; an id another writer claimed first makes its update a
+        duplicate of that writer's credit.
+        """
+        existing = await self._existing(con, [u.action_id for u in batch])
+        plan = plan_batch(batch, existing)
+        seasons: dict[str, int] = {}
+        versions: dict[str, int] = {}
+        boards = plan.boards()
+        if not boards:
+            return plan, seasons, versions
+        for row in await con.fetch(_TAKE_VERSIONS, boards):
+            seasons[row[0]], versions[row[0]] = row[1], row[2]
+        missing = [b for b in boards if b not in versions or b not in self._specs]
+        if missing:
+            raise DataRefused(f"there is no board {missing[0]!r}")
+        users = sorted({batch[i].user_id for i in plan.fresh})
+        blocked = {r[0] for r in await con.fetch(_BLOCKED, users)}
+        self._blocked.difference_update(users)
+        self._blocked.update(blocked)
+        if blocked:
+            plan = plan_batch(batch, existing, blocked)
+        fresh = sorted(plan.fresh, key=lambda i: batch[i].action_id)
+        if not fresh:
+            return plan, seasons, versions
+        claimed = {
+            r[0]
+            for r in await con.fetch(
+                _CLAIM_ACTIONS,
+                [batch[i].action_id for i in fresh],
+                [batch[i].user_id for i in fresh],
+                [batch[i].source.value for i in fresh],
+                [stamps[i] for i in fresh],
+                [batch[i].username for i in fresh],
+                [_text(batch[i].metadata) for i in fresh],
+                now_us,
+            )
+        }
+        lost = [batch[i].action_id for i in fresh if batch[i].action_id not in claimed]
+        if lost:
+            existing.update(await self._existing(con, lost))
+            plan = plan_batch(batch, existing, blocked)
+        return plan, seasons, versions
 
     async def _apply(self, batch: Sequence[Update], stamps: Sequence[int], now_us: int) -> BatchResult:
         async with self._pool.acquire() as con, con.transaction():
-            plan = plan_batch(batch, await self._existing(con, [u.action_id for u in batch]), self._blocked)
-            boards = plan.boards()
-            seasons: dict[str, int] = {}
-            versions: dict[str, int] = {}
-            if boards:
-                for row in await con.fetch(_TAKE_VERSIONS, boards):
-                    seasons[row[0]], versions[row[0]] = row[1], row[2]
-                missing = [b for b in boards if b not in versions or b not in self._specs]
-                if missing:
-                    raise DataRefused(f"there is no board {missing[0]!r}")
+            plan, seasons, versions = await self._plan(con, batch, stamps, now_us)
             keys = plan.keys(seasons)
             current: dict[tuple[str, str], Record] = {}
             if keys:
@@ -369,7 +471,7 @@ class PostgresStore(ScriptedStore):
                     _CURRENT, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
                 )
                 current = {(r[5], r[0]): _record(r) for r in rows}
-            applied = apply_plan(plan, stamps, self._specs, seasons, current)
+            applied = apply_plan(plan, stamps, self._specs, seasons, current, versions=versions)
             if applied.records:
                 items = sorted(applied.records.items())
                 await con.execute(
@@ -384,19 +486,8 @@ class PostgresStore(ScriptedStore):
                     [None if r.metadata is None else r.metadata.decode() for _, r in items],
                     now_us,
                 )
-            if plan.fresh:
-                fresh = [batch[i] for i in plan.fresh]
-                await con.execute(
-                    _INSERT_ACTIONS,
-                    [u.action_id for u in fresh],
-                    [u.user_id for u in fresh],
-                    [u.source.value for u in fresh],
-                    [stamps[i] for i in plan.fresh],
-                    [u.username for u in fresh],
-                    [None if u.metadata is None else u.metadata.decode() for u in fresh],
-                    now_us,
-                )
-                ledger = applied.ledger
+            ledger = applied.ledger
+            if ledger:
                 await con.execute(
                     _INSERT_CREDITS,
                     [c.action_id for c in ledger],
@@ -406,6 +497,7 @@ class PostgresStore(ScriptedStore):
                     [c.value for c in ledger],
                     [c.score_after for c in ledger],
                     [c.improved for c in ledger],
+                    [c.version for c in ledger],
                 )
             tops: dict[str, list[Entry]] = {}
             for board in versions:
@@ -414,9 +506,9 @@ class PostgresStore(ScriptedStore):
                     tops[board] = [
                         _record(r).entry() for r in await con.fetch(_TOP, board, seasons[board], spec.top_k)
                     ]
-        return BatchResult(
-            applied.results, committed_values(applied, seasons, versions, tops), applied.ledger
-        )
+            committed = committed_values(applied, seasons, versions, tops)
+            await _record_changes(con, committed)
+        return BatchResult(applied.results, committed, applied.ledger)
 
     async def ensure_board(self, spec: BoardSpec, now_s: int, ends_at: int | None) -> BoardState:
         """The board's row, created at season 1 if new (see `Store.ensure_board`)."""
@@ -489,7 +581,9 @@ class PostgresStore(ScriptedStore):
                 )
                 if audit is not None:
                     await _drive(con, queries.audit(audit))
-                return SeasonChange(spec.id, season, row[0], row[1], ended_at, ends_at)
+                change = SeasonChange(spec.id, season, row[0], row[1], ended_at, ends_at)
+                await _record_changes(con, [change])
+                return change
         except _DRIVER_ERRORS as exc:
             raise StorageError(f"postgresql: {exc}") from exc
 
@@ -530,12 +624,60 @@ class PostgresStore(ScriptedStore):
             raise StorageError(f"postgresql: {exc}") from exc
 
     async def _write(self, script: queries.Script[T]) -> T:
-        """Run a moderation script in one transaction."""
+        """Run a moderation script in one transaction, serialised with every batch of every process."""
         try:
             async with self._pool.acquire() as con, con.transaction():
-                return await _drive(con, script)
+                await con.execute(_LOCK_BOARDS)
+                done = await _drive(con, script)
+                if isinstance(done, Moderated):
+                    await _record_changes(con, done.committed)
+                return done
         except _DRIVER_ERRORS as exc:
             raise StorageError(f"postgresql: {exc}") from exc
+
+    async def changes_since(self, board: str, version: int, limit: int) -> list[bytes]:
+        """Up to `limit` encoded values of `board` after `version`, in version order."""
+        try:
+            return [bytes(r[0]) for r in await self._pool.fetch(_CHANGES_SINCE, board, version, limit)]
+        except _DRIVER_ERRORS as exc:
+            raise StorageError(f"postgresql: {exc}") from exc
+
+    async def versions(self) -> dict[str, tuple[int, int]]:
+        """Every board's current `(season, version)`."""
+        try:
+            return {r[0]: (r[1], r[2]) for r in await self._pool.fetch(_VERSIONS)}
+        except _DRIVER_ERRORS as exc:
+            raise StorageError(f"postgresql: {exc}") from exc
+
+    async def load_board(self, board: str, k: int) -> tuple[BoardState, list[Entry]]:
+        """A board's row and its current season's top `k`, from one snapshot."""
+        try:
+            async with (
+                self._pool.acquire() as con,
+                con.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                row = await con.fetchrow(_BOARD, board)
+                if row is None:
+                    return _state_missing(board), []
+                state = _state(row)
+                return state, [_record(r).entry() for r in await con.fetch(_TOP, board, state.season, k)]
+        except _DRIVER_ERRORS as exc:
+            raise StorageError(f"postgresql: {exc}") from exc
+
+    async def refresh_blocks(self) -> None:
+        """Reload the blocked players: blocks other processes made (batches check the table anyway)."""
+        try:
+            self._blocked = {r[0] for r in await self._pool.fetch("SELECT user_id FROM blocks")}
+        except _DRIVER_ERRORS as exc:
+            raise StorageError(f"postgresql: {exc}") from exc
+
+    async def prune_changes(self, older_than_s: int) -> int:
+        """Forget kept values older than `older_than_s` (Unix seconds); how many went."""
+        try:
+            done = await self._pool.execute("DELETE FROM changes WHERE created_at < $1", older_than_s)
+        except _DRIVER_ERRORS as exc:
+            raise StorageError(f"postgresql: {exc}") from exc
+        return int(done.split()[-1])
 
     async def scan(self, board: str, season: int, chunk: int) -> AsyncGenerator[ScanChunk, None]:
         """Every entry of a board's season in ranking order, from one snapshot (see `Store.scan`)."""

@@ -49,10 +49,10 @@ class RankLoader:
             return "store"
         return "memory" if all(index.ready for index in indexes) else "loading"
 
-    def start(self) -> None:
-        """(Re)load every board's ranks."""
+    def start(self, board: str | None = None) -> None:
+        """(Re)load every board's ranks, or `board`'s."""
         for hub in self._hubs:
-            if hub.index is None:
+            if hub.index is None or board not in (None, hub.id):
                 continue
             old = self._tasks.pop(hub.id, None)
             if old is not None:

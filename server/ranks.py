@@ -236,7 +236,7 @@ class RankIndex:
     ask the store.
     """
 
-    __slots__ = ("_desc", "_load", "_pending", "ranks", "ready")
+    __slots__ = ("_desc", "_load", "_loaded", "_pending", "ranks", "ready")
 
     def __init__(self, *, desc: bool) -> None:
         self._desc = desc
@@ -245,6 +245,9 @@ class RankIndex:
         # The load in progress (a token) and the changes it must replay.
         self._load: object | None = None
         self._pending: list[tuple[int, Sequence[Entry], Sequence[str]]] = []
+        # The version the last load's snapshot included: a change up to it is
+        # already in (a hub catching up after the load started sends them).
+        self._loaded = -1
 
     def start_load(self) -> object:
         """Begin a load; the token names it in `finish_load`."""
@@ -265,6 +268,7 @@ class RankIndex:
         self.ranks = ranks
         self._load = None
         self._pending = []
+        self._loaded = version
         self.ready = True
         return True
 
@@ -283,13 +287,14 @@ class RankIndex:
         """Apply one commit's changes (kept for replay while loading)."""
         if self._load is not None:
             self._pending.append((version, standings, removed))
-        if self.ready:
+        if self.ready and version > self._loaded:
             _change(self.ranks, standings, removed)
 
     def new_season(self) -> None:
         """The next season starts empty: complete at once, any load is stale."""
         self._load = None
         self._pending = []
+        self._loaded = -1
         self.ranks.clear()
         self.ready = True
 

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from .errors import Code, ScoreboardError
 from .hub import Hub, Hubs
@@ -41,12 +41,16 @@ class Seasons:
         *,
         clock: Callable[[], float],
         max_sleep_s: float = 30.0,
+        sync: Callable[[Hub], Awaitable[None]] | None = None,
     ) -> None:
         self._hubs = hubs
         self._store = store
         self._schedules = dict(schedules)
         self._clock = clock
         self._max_sleep = max_sleep_s
+        # How a hub catches up when another process ended its season (with
+        # several processes: the bus, in version order; else a reload).
+        self._sync = sync
         self._writer: Writer | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -91,6 +95,9 @@ class Seasons:
         self._wake.set()
 
     async def _reload(self, hub: Hub) -> None:
+        if self._sync is not None:
+            await self._sync(hub)
+            return
         state = await self._store.ensure_board(hub.spec, math.floor(self._clock()), hub.ends_at)
         hub.reload(state, await self._store.top(hub.id, state.season, hub.spec.top_k))
 

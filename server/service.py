@@ -23,9 +23,9 @@ from .catalog import Catalog
 from .errors import Code, ScoreboardError
 from .hub import Hub, Hubs
 from .identity import Identity, Role
+from .limits import Limiter, LocalLimiter
 from .logs import request_id
 from .moderation import Moderation
-from .ratelimit import RateLimiter
 from .standings import Standings
 from .store import (
     Audit,
@@ -71,7 +71,7 @@ class Prepared:
 class CreditAnswer:
     """What a client is told about its update: the status and the one JSON shape.
 
-    200 `{"success", "userId", "newScore", "duplicate"}` once committed, or
+    200 `{"success", "userId", "newScore", "duplicate", "visibleAt", "boards"}` once committed, or
     202 `{"success", "accepted", "userId", "actionId"}` with ACK=memory.
     Transports add their framing (`topUsers` over HTTP, `type`/`id` over
     WebSocket) and nothing else.
@@ -114,8 +114,12 @@ class PendingCredit:
         if default is not None:
             body["newScore"] = default.score
         body["duplicate"] = result.outcome is Outcome.DUPLICATE
+        if default is not None:
+            # Read your writes: a subscriber or read showing `version` >= this
+            # includes the update, on whichever process it is served.
+            body["visibleAt"] = default.version
         body["boards"] = {
-            board: {"season": c.season, "score": c.score, "improved": c.improved}
+            board: {"season": c.season, "score": c.score, "improved": c.improved, "visibleAt": c.version}
             for board, c in result.boards.items()
         }
         return CreditAnswer(200, body, default is not None)
@@ -137,6 +141,7 @@ class ScoreService:
         ack_commit: bool = True,
         retry_after_s: float = 1.0,
         rate_limit_keys: int = 100_000,
+        limiter: Limiter | None = None,
         player_updates_per_min: int = 60,
         player_actions_per_min: int = 60,
         new_action_id: Callable[[], str] = lambda: uuid.uuid4().hex,
@@ -152,10 +157,15 @@ class ScoreService:
         self._max_delta = max_delta
         self.ack_commit = ack_commit
         self.retry_after_s = retry_after_s
-        self._limiter = RateLimiter(window_s=60.0, max_keys=rate_limit_keys)
-        # Per player, whatever the transport: keys of players idle for a
-        # minute are evicted first, so memory stays within rate_limit_keys.
-        self._players = RateLimiter(window_s=60.0, max_keys=rate_limit_keys)
+        # Per player (whatever the transport) and per player and action type,
+        # one key space: "u"/"a" + user for updates and action starts, "t" +
+        # user + type for max_per_minute (ids hold no \x00, so keys never
+        # collide). The default holds in this process only; a RedisLimiter
+        # holds across processes. Locally, keys of players idle for a minute
+        # are evicted first, so memory stays within rate_limit_keys.
+        self._limiter: Limiter = (
+            LocalLimiter(window_s=60.0, max_keys=rate_limit_keys) if limiter is None else limiter
+        )
         self._updates_per_min = player_updates_per_min
         self._actions_per_min = player_actions_per_min
         self._new_action_id = new_action_id
@@ -163,26 +173,34 @@ class ScoreService:
         self.rate_limited = 0
         # `memory`, `loading` or `store` (GET /readyz); the app sets it.
         self.rank_state: Callable[[], str] = lambda: "store"
+        # `up`, `down` (Redis unreachable: processes converge through the
+        # database) or `off` (one process); the app sets it.
+        self.bus_state: Callable[[], str] = lambda: "off"
         self.standings = Standings(hubs, store, season=self._season, unavailable=self._unavailable)
         self.moderation = Moderation(hubs, store, writer, clock=clock)
 
+    @property
+    def limiter(self) -> Limiter:
+        """The per-player and per-action-type rate limits (local, or shared over Redis)."""
+        return self._limiter
+
     # -- actions ---------------------------------------------------------
 
-    def _limit_player(self, identity: Identity, kind: str, per_min: int, what: str) -> None:
+    async def _limit_player(self, identity: Identity, kind: str, per_min: int, what: str) -> None:
         if identity.role is Role.SERVICE or per_min == 0:
             return
-        wait = self._players.acquire(f"{kind}\x00{identity.user_id}", per_min, self._clock())
+        wait = await self._limiter.acquire(f"{kind}\x00{identity.user_id}", per_min, self._clock())
         if wait is not None:
             self.rate_limited += 1
             raise ScoreboardError(
                 Code.RATE_LIMITED, f"At most {per_min} {what} per minute per player.", retry_after=wait
             )
 
-    def start_action(self, identity: Identity, body: object) -> ActionStart:
+    async def start_action(self, identity: Identity, body: object) -> ActionStart:
         """Issue a ticket for one action of the type named in `body`."""
         if self.store.is_blocked(identity.user_id):
             raise ScoreboardError(Code.USER_BLOCKED, "This player is blocked from earning scores.")
-        self._limit_player(identity, "a", self._actions_per_min, "action starts")
+        await self._limit_player(identity, "a", self._actions_per_min, "action starts")
         name = parse_action_start(body)
         action = self._catalog.actions.get(name)
         if action is None:
@@ -191,7 +209,8 @@ class ScoreService:
             )
         now = self._clock()
         if action.max_per_minute is not None:
-            wait = self._limiter.acquire(f"{identity.user_id}\x00{name}", action.max_per_minute, now)
+            key = f"t\x00{identity.user_id}\x00{name}"
+            wait = await self._limiter.acquire(key, action.max_per_minute, now)
             if wait is not None:
                 self.rate_limited += 1
                 raise ScoreboardError(
@@ -311,14 +330,16 @@ class ScoreService:
         # (a client retrying after a timeout); otherwise it is refused.
         return Prepared(update, refusal)
 
-    def credit(self, identity: Identity, body: object) -> PendingCredit:
+    async def credit(self, identity: Identity, body: object) -> PendingCredit:
         """Validate, authorise and queue one update: the use case every transport calls.
 
         Raises ScoreboardError at once for a refusal that needs no store
-        (validation, ticket, rate limit, storage down, queue full). Never
-        waits: `await pending.answer()` for the outcome.
+        (validation, ticket, rate limit, storage down, queue full). Waits at
+        most for a shared rate limit (one Redis round trip for players, none
+        for service tokens), never for the store: `await pending.answer()`
+        for the outcome.
         """
-        self._limit_player(identity, "u", self._updates_per_min, "score updates")
+        await self._limit_player(identity, "u", self._updates_per_min, "score updates")
         prepared = self.prepare_update(identity, body)
         if not self.ack_commit:
             # Without waiting for the store the server cannot tell a retry

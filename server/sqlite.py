@@ -147,6 +147,10 @@ MIGRATIONS: list[str] = [
         reason      TEXT
     )
     """,
+    # The board version each credit became visible at (an update's `visibleAt`).
+    """
+    ALTER TABLE credits ADD COLUMN version INTEGER NOT NULL DEFAULT 0
+    """,
 ]
 
 _UPSERT_ENTRY = """
@@ -165,8 +169,8 @@ INSERT INTO actions (action_id, user_id, source, created_at, stamp, username, me
 VALUES (?, ?, ?, ?, ?, ?, ?)
 """
 _INSERT_CREDIT = """
-INSERT INTO credits (action_id, board, season, user_id, value, score_after, improved)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+INSERT INTO credits (action_id, board, season, user_id, value, score_after, improved, version)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
 _TOP = """
 SELECT user_id, username, score, reached_at, metadata FROM entries WHERE board = ? AND season = ?
@@ -364,12 +368,12 @@ class SqliteStore(ScriptedStore):
         for chunk in _chunks(found, _CHUNK):
             marks = ",".join("?" * len(chunk))
             for row in con.execute(
-                "SELECT action_id, board, season, user_id, value, score_after, improved "  # noqa: S608
+                "SELECT action_id, board, season, user_id, value, score_after, improved, version "  # noqa: S608
                 f"FROM credits WHERE action_id IN ({marks})",
                 chunk,
             ):
                 credits.setdefault(row[0], {})[row[1]] = CreditRow(
-                    row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6])
+                    row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7]
                 )
         return {a: StoredAction(u, credits.get(a, {})) for a, u in users.items()}
 
@@ -393,7 +397,7 @@ class SqliteStore(ScriptedStore):
                 found = con.execute(_USER, (board, season, user_id)).fetchone()
                 if found is not None:
                     current[(board, user_id)] = _record(found[:5])
-            applied = apply_plan(plan, stamps, self._specs, seasons, current)
+            applied = apply_plan(plan, stamps, self._specs, seasons, current, versions=versions)
             updated_at = now_us
             con.executemany(
                 _UPSERT_ENTRY,
@@ -430,7 +434,16 @@ class SqliteStore(ScriptedStore):
             con.executemany(
                 _INSERT_CREDIT,
                 [
-                    (c.action_id, c.board, c.season, c.user_id, c.value, c.score_after, int(c.improved))
+                    (
+                        c.action_id,
+                        c.board,
+                        c.season,
+                        c.user_id,
+                        c.value,
+                        c.score_after,
+                        int(c.improved),
+                        c.version,
+                    )
                     for c in applied.ledger
                 ],
             )
@@ -520,6 +533,20 @@ class SqliteStore(ScriptedStore):
         return await self._on(
             self._reader, lambda: [_record(r).entry() for r in con.execute(_TOP, (board, season, k))]
         )
+
+    async def load_board(self, board: str, k: int) -> tuple[BoardState, list[Entry]]:
+        """A board's row and its current season's top `k`, from one snapshot."""
+        con = self._require(self._rcon)
+
+        def read() -> tuple[BoardState, list[Entry]]:
+            con.execute("BEGIN")
+            try:
+                state = _state(con.execute(_BOARD, (board,)).fetchone())
+                return state, [_record(r).entry() for r in con.execute(_TOP, (board, state.season, k))]
+            finally:
+                con.execute("COMMIT")
+
+        return await self._on(self._reader, read)
 
     async def standing(self, board: str, season: int, user_id: str) -> UserStanding | None:
         """A user's entry and rank."""

@@ -35,6 +35,9 @@ class Listing:
     season: int
     total: int
     entries: list[RankedEntry]
+    # The highest commit version the listing includes (from the store: at
+    # least this one, the hub's when the read began).
+    version: int = 0
 
 
 def not_ranked(user_id: str) -> ScoreboardError:
@@ -76,11 +79,12 @@ class Standings:
             found = ranks.standing(user_id)
             if found is None:
                 raise not_ranked(user_id)
-            return Listing(hub, number, len(ranks), [found])
+            return Listing(hub, number, len(ranks), [found], hub.version)
+        version = hub.version
         read = await self._stored(self._store.around(hub.id, number, user_id, 0))
         if read is None:
             raise not_ranked(user_id)
-        return Listing(hub, number, read.total, read.entries)
+        return Listing(hub, number, read.total, read.entries, version)
 
     async def around(self, user_id: str, count: int, board: str, season: int | None = None) -> Listing:
         """A player's entry and `count` on each side; 404 user_not_found."""
@@ -89,24 +93,27 @@ class Standings:
             window = ranks.around(user_id, count)
             if window is None:
                 raise not_ranked(user_id)
-            return Listing(hub, number, len(ranks), window)
+            return Listing(hub, number, len(ranks), window, hub.version)
+        version = hub.version
         read = await self._stored(self._store.around(hub.id, number, user_id, count))
         if read is None:
             raise not_ranked(user_id)
-        return Listing(hub, number, read.total, read.entries)
+        return Listing(hub, number, read.total, read.entries, version)
 
     async def page(self, offset: int, limit: int, board: str, season: int | None = None) -> Listing:
         """The entries ranked `offset + 1` to `offset + limit`."""
         hub, number, ranks = await self._where(board, season)
         if ranks is not None:
-            return Listing(hub, number, len(ranks), ranks.page(offset, limit))
+            return Listing(hub, number, len(ranks), ranks.page(offset, limit), hub.version)
+        version = hub.version
         read = await self._stored(self._store.page(hub.id, number, offset, limit))
-        return Listing(hub, number, read.total, read.entries)
+        return Listing(hub, number, read.total, read.entries, version)
 
     async def many(self, user_ids: Sequence[str], board: str, season: int | None = None) -> Listing:
         """The ranked ones of `user_ids`, best first (a friends board)."""
         hub, number, ranks = await self._where(board, season)
         if ranks is not None:
-            return Listing(hub, number, len(ranks), ranks.many(user_ids))
+            return Listing(hub, number, len(ranks), ranks.many(user_ids), hub.version)
+        version = hub.version
         read = await self._stored(self._store.many(hub.id, number, user_ids))
-        return Listing(hub, number, read.total, read.entries)
+        return Listing(hub, number, read.total, read.entries, version)

@@ -111,12 +111,14 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class BoardCredit:
-    """What an action did to one board: the season it counted in, the record after it, and
-    whether the record changed."""
+    """What an action did to one board: the season it counted in, the record after it,
+    whether the record changed, and the board version that includes it (0: credited before
+    versions were recorded)."""
 
     season: int
     score: int
     improved: bool
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +141,7 @@ class CreditRow:
     value: int
     score_after: int
     improved: bool
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,7 +346,10 @@ def plan_batch(
                 Result(
                     Outcome.DUPLICATE,
                     u.user_id,
-                    {b: BoardCredit(c.season, c.score_after, c.improved) for b, c in stored.credits.items()},
+                    {
+                        b: BoardCredit(c.season, c.score_after, c.improved, c.version)
+                        for b, c in stored.credits.items()
+                    },
                 )
                 if same
                 else Result(Outcome.CONFLICT, u.user_id)
@@ -420,13 +426,17 @@ def apply_plan(
     specs: Mapping[str, BoardSpec],
     seasons: Mapping[str, int],
     current: Mapping[tuple[str, str], Record],
+    *,
+    versions: Mapping[str, int] | None = None,
 ) -> Applied:
     """Apply the fresh updates, in batch order, to the current records.
 
     `stamps[i]` is the `reached_at` of update i; `current` holds the stored
-    record of `(board, user_id)` in its season, if any. Raises DataRefused
-    (overflow) when an `incr` record would leave int64.
+    record of `(board, user_id)` in its season, if any; `versions` the board
+    versions this batch took (what each credit's `visibleAt` is). Raises
+    DataRefused (overflow) when an `incr` record would leave int64.
     """
+    versions = versions or {}
     records: dict[tuple[str, str], Record] = {}
     ledger: list[CreditRow] = []
     results = list(plan.results)
@@ -441,9 +451,10 @@ def apply_plan(
             )
             if improved:
                 records[key] = new
-            credits[board] = BoardCredit(seasons[board], new.score, improved)
+            version = versions.get(board, 0)
+            credits[board] = BoardCredit(seasons[board], new.score, improved, version)
             ledger.append(
-                CreditRow(u.action_id, board, seasons[board], u.user_id, value, new.score, improved)
+                CreditRow(u.action_id, board, seasons[board], u.user_id, value, new.score, improved, version)
             )
         results[i] = Result(Outcome.CREDITED, u.user_id, credits)
     for i, j in plan.repeats.items():
@@ -515,6 +526,10 @@ class Store(Protocol):
 
     async def top(self, board: str, season: int, k: int) -> list[Entry]:
         """The best `k` entries of a board's season by the ranking rule."""
+        ...
+
+    async def load_board(self, board: str, k: int) -> tuple[BoardState, list[Entry]]:
+        """A board's row and its current season's top `k`, from one snapshot."""
         ...
 
     async def standing(self, board: str, season: int, user_id: str) -> UserStanding | None:

@@ -84,7 +84,9 @@ def origin_allowed(origin: str | None, host: str | None, allowed: frozenset[str]
 @dataclass(slots=True)
 class _PendingAck:
     ref: str | int
-    credit: PendingCredit
+    # Set once the service took (or refused) the update: the ack's place in
+    # the reply queue is taken before the rate limit is awaited.
+    credit: asyncio.Future[PendingCredit | ScoreboardError]
 
 
 def _error_frame(ref: str | int | None, err: ScoreboardError) -> bytes:
@@ -205,7 +207,10 @@ class WsConnection:
 
     async def _ack(self, pending: _PendingAck) -> bytes:
         try:
-            answer = await pending.credit.answer()
+            credit = await pending.credit
+            if isinstance(credit, ScoreboardError):
+                return self._error(pending.ref, credit)
+            answer = await credit.answer()
         except ScoreboardError as err:
             return self._error(pending.ref, err)
         finally:
@@ -229,8 +234,8 @@ class WsConnection:
 
     # -- reading ----------------------------------------------------------
 
-    def on_text(self, data: str) -> None:
-        """Handle one text message."""
+    async def on_text(self, data: str) -> None:
+        """Handle one text message (an update returns once the service has taken it)."""
         self._messages += 1
         try:
             msg = orjson.loads(data)
@@ -266,7 +271,7 @@ class WsConnection:
         try:
             if not isinstance(msg, dict):
                 raise invalid("type", "A message must be a JSON object with a 'type'.")
-            self._dispatch(msg, ref)
+            await self._dispatch(msg, ref)
         except ScoreboardError as err:
             self._refuse(ref, err)
         except Exception:
@@ -279,10 +284,10 @@ class WsConnection:
         self._messages += 1
         self._refuse(None, ScoreboardError(Code.INVALID_JSON, "Send JSON text frames, not binary ones."))
 
-    def _dispatch(self, msg: dict[str, Any], ref: str | int | None) -> None:
+    async def _dispatch(self, msg: dict[str, Any], ref: str | int | None) -> None:
         kind = msg.get("type")
         if kind == "score.update":
-            self._update(msg, ref)
+            await self._update(msg, ref)
         elif kind == "subscribe":
             self._subscribe(msg)
         elif kind == "unsubscribe":
@@ -370,20 +375,34 @@ class WsConnection:
         if not reply.done():
             reply.set_result(frame)
 
-    def _update(self, msg: dict[str, Any], ref: str | int | None) -> None:
+    async def _update(self, msg: dict[str, Any], ref: str | int | None) -> None:
         if ref is None:
             raise invalid("id", f"'id' must be a string of at most {MAX_ID_CHARS} characters or an integer.")
         if self._identity is None or self._token is None:
             raise ScoreboardError(Code.UNAUTHORIZED, "Authenticate before sending updates.")
         identity = self._verifier.verify(self._token)  # cached; catches expiry
         body = {k: v for k, v in msg.items() if k not in ("type", "id")}
-        token = request_id.set(f"{self._conn_id}/{ref}")
-        try:
-            credit = self._service.credit(identity, body)
-        finally:
-            request_id.reset(token)
+        # The ack is queued before the service is awaited (a shared rate
+        # limit is a Redis round trip), so replies keep the messages' order
+        # and a drain meanwhile still waits for this ack. The reader reads
+        # the next message only after this one was taken: updates reach the
+        # writer in the order they came.
+        credit: asyncio.Future[PendingCredit | ScoreboardError] = asyncio.get_running_loop().create_future()
         self._pending += 1
         self._reply(_PendingAck(ref, credit))
+        token = request_id.set(f"{self._conn_id}/{ref}")
+        try:
+            credit.set_result(await self._service.credit(identity, body))
+        except ScoreboardError as err:
+            credit.set_result(err)
+        except Exception:
+            # A bug must cost this message, not the connection or the server.
+            log.exception("ws_message_failed", extra={"fields": {"conn_id": self._conn_id}})
+            credit.set_result(ScoreboardError(Code.INTERNAL_ERROR, "Internal server error."))
+        finally:
+            request_id.reset(token)
+            if not credit.done():  # cancelled: the connection is ending
+                credit.cancel()
 
     def forget_auth(self) -> None:
         """Drop an `auth` still being verified when the socket ends (its outcome is moot)."""
@@ -481,7 +500,7 @@ class WsEndpoint:
                 await conn.readable()
                 msg = await ws.receive()
                 if msg.type is WSMsgType.TEXT:
-                    conn.on_text(msg.data)
+                    await conn.on_text(msg.data)
                 elif msg.type is WSMsgType.BINARY:
                     conn.on_binary()
                 else:

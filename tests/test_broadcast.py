@@ -209,9 +209,9 @@ class CountingFeed(Feed):
         super().__init__(epoch, board)
         self.publishes = 0
 
-    def publish(self, board: Sequence[Entry]) -> Event | None:
+    def publish(self, board: Sequence[Entry], version: int = 0) -> Event | None:
         self.publishes += 1
-        return super().publish(board)
+        return super().publish(board, version)
 
 
 async def test_publish_events_sends_prebuilt_events_in_order_and_counts_the_version_published() -> None:

@@ -26,6 +26,7 @@ SECRET = b"t" * 32
 CORE = [
     "board",
     "catalog",
+    "changes",
     "errors",
     "fanout",
     "feed",

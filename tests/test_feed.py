@@ -24,11 +24,12 @@ def test_publish_numbers_diffs_and_skips_no_change() -> None:
             "season": 1,
             "epoch": "ep",
             "seq": 0,
+            "version": 0,
             "topUsers": [{"rank": 1, "userId": "a", "username": "A", "score": 5}],
         }
     )
     assert feed.publish([e("a", 5, 1)]) is None
-    event = feed.publish([e("b", 9, 2), e("a", 5, 1)])
+    event = feed.publish([e("b", 9, 2), e("a", 5, 1)], 7)
     assert event is not None
     assert (event.seq, event.event_id) == (1, "ep:1")
     assert orjson.loads(event.json) == {
@@ -37,6 +38,7 @@ def test_publish_numbers_diffs_and_skips_no_change() -> None:
         "season": 1,
         "epoch": "ep",
         "seq": 1,
+        "version": 7,
         "changes": [
             {"rank": 1, "userId": "b", "username": "B", "score": 9},
             {"rank": 2, "userId": "a", "username": "A", "score": 5},
@@ -112,7 +114,8 @@ def test_encodings() -> None:
     expected = b"event: scoreboard:update\nid: ep:0\ndata: " + snap.json + b"\n\n"
     assert snap.sse() == expected
     assert snap.json == (
-        b'{"type":"scoreboard:update","board":"global","season":1,"epoch":"ep","seq":0,"topUsers":[]}'
+        b'{"type":"scoreboard:update","board":"global","season":1,"epoch":"ep","seq":0,"version":0,'
+        b'"topUsers":[]}'
     )
     assert snap.sse_chunk() == http_chunk(snap.sse())
     assert parse_since("ab:12") == ("ab", 12)
@@ -122,8 +125,8 @@ def test_encodings() -> None:
 
 def test_a_season_end_is_one_numbered_step_kept_for_resuming() -> None:
     feed = Feed("ep", [e("a", 5, 1)], history=10, board_id="weekly", season=3)
-    feed.publish([e("a", 6, 2)])
-    season, snapshot = feed.new_season([], 3, 4)
+    feed.publish([e("a", 6, 2)], 5)
+    season, snapshot = feed.new_season([], 3, 4, 6)
     assert orjson.loads(season.json) == {
         "type": "board:season",
         "board": "weekly",
@@ -131,6 +134,7 @@ def test_a_season_end_is_one_numbered_step_kept_for_resuming() -> None:
         "season": 4,
         "epoch": "ep",
         "seq": 2,
+        "version": 6,
     }
     assert (snapshot.kind, snapshot.seq, orjson.loads(snapshot.json)["topUsers"]) == (
         "scoreboard:update",

@@ -100,8 +100,11 @@ async def test_several_boards_in_one_action_and_best_ascending(store: Store) -> 
     result = await store.apply_batch(
         [two, Update.single("m2", "u", None, 700, Source.SERVICE, board="laps")], [1, 2], 3
     )
-    assert result.results[0].boards == {"global": BoardCredit(1, 2, True), "laps": BoardCredit(1, 500, True)}
-    assert result.results[1].boards == {"laps": BoardCredit(1, 500, False)}  # slower: no change
+    assert result.results[0].boards == {
+        "global": BoardCredit(1, 2, True, 1),
+        "laps": BoardCredit(1, 500, True, 1),
+    }
+    assert result.results[1].boards == {"laps": BoardCredit(1, 500, False, 1)}  # slower: no change
     assert [c.board for c in result.committed] == ["global", "laps"]
     assert await store.top("laps", 1, 3) == [Entry("u", "u", 500, 1, b'{"car":"red"}')]
     again = await store.apply_batch([two], [5], 6)
@@ -129,7 +132,7 @@ async def test_season_end_keeps_the_archive_and_numbers_versions(database_url: s
         result = await store.apply_batch(
             [Update.single("w2", "u", None, 4, Source.SERVICE, board="weekly")], [2], 2
         )
-        assert result.results[0].boards["weekly"] == BoardCredit(2, 4, True)
+        assert result.results[0].boards["weekly"] == BoardCredit(2, 4, True, 3)
         assert result.committed[0].version == 3
         change = await store.end_season(spec, 2, 300, 400)
         assert change is not None

@@ -1,0 +1,267 @@
+"""Several server processes over one PostgreSQL and one Redis: every commit reaches every process.
+
+Three servers run in this event loop (separate apps, stores, hubs and Redis
+clients, as separate processes would have), over one test database and a
+throwaway `redis-server`. Updates are sprayed at all three, over HTTP and
+WebSocket; every board, rank and version must converge to the database's
+answer, an `actionId` raced on two processes is credited once, and an
+answer's `visibleAt` is what a read on another process must reach to show
+the write. The Redis-down path (every process converging through the
+database) runs here too; process faults (kill -9, SIGSTOP) are in
+tests/test_cluster_faults.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from tests.conftest import StartServer
+from tests.helpers import ServerHandle, eventually, service_update
+from tests.redisserver import RedisServer
+
+pytestmark = pytest.mark.slow
+
+CATALOG = """
+[boards.global]
+title = "All time"
+default = true
+
+[boards.laps]
+title = "Fastest lap"
+operator = "best"
+order = "asc"
+max_value = 1000000
+top_k = 5
+"""
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Path:
+    path = tmp_path / "catalog.toml"
+    path.write_text(CATALOG)
+    return path
+
+
+@pytest.fixture
+async def cluster(pg_url: str, redis: RedisServer, start: StartServer, catalog: Path) -> list[ServerHandle]:
+    # pg_url and redis first: they are torn down after `start` stopped the servers.
+    return [await start(pg_url, redis_url=redis.url, catalog_file=catalog, bus_poll_s=0.5) for _ in range(3)]
+
+
+async def db_board(pg_url: str, board: str) -> tuple[int, list[tuple[str, int]]]:
+    """The board's version and every entry of its current season, best first, from the database."""
+    con = await asyncpg.connect(pg_url)
+    try:
+        season, version = await con.fetchrow("SELECT season, version FROM boards WHERE id = $1", board)
+        rows = await con.fetch(
+            "SELECT user_id, score FROM entries WHERE board = $1 AND season = $2 "
+            "ORDER BY sort_key, reached_at, user_id",
+            board,
+            season,
+        )
+        return version, [(r[0], r[1]) for r in rows]
+    finally:
+        await con.close()
+
+
+async def page(server: ServerHandle, board: str, limit: int = 100) -> dict[str, Any]:
+    status, body = await server.get(f"/api/boards/{board}/scores?limit={limit}")
+    assert status == 200, body
+    return dict(body)
+
+
+async def converged(servers: list[ServerHandle], pg_url: str, board: str) -> bool:
+    """Every server's board, ranks and version equal the database's."""
+    version, rows = await db_board(pg_url, board)
+    for server in servers:
+        hub = server.hubs.get(board)
+        if hub.version != version or hub.ranks is None:
+            return False
+        body = await page(server, board)
+        if body["version"] != version or [(e["userId"], e["score"]) for e in body["entries"]] != rows[:100]:
+            return False
+        if body["total"] != len(rows):
+            return False
+    return True
+
+
+async def wait_converged(
+    servers: list[ServerHandle], pg_url: str, board: str, timeout_s: float = 5.0
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        if await converged(servers, pg_url, board):
+            return
+        await asyncio.sleep(0.05)
+    version, rows = await db_board(pg_url, board)
+    states = [(s.hubs.get(board).version, (await page(s, board))["entries"][:3]) for s in servers]
+    raise AssertionError(f"not converged: database at {version} {rows[:3]}, servers {states}")
+
+
+async def until(condition: Callable[[], Awaitable[bool]], timeout_s: float) -> bool:
+    """Poll an async condition until true or `timeout_s` passed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        if await condition():
+            return True
+        await asyncio.sleep(0.02)
+    return await condition()
+
+
+async def ws_credit(server: ServerHandle, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Send updates over one WebSocket with the service token; the acks in order."""
+    async with aiohttp.ClientSession() as http, http.ws_connect(server.ws_url) as ws:
+        await ws.send_json({"type": "auth", "token": server.service_token})
+        auth = await ws.receive_json(timeout=5)
+        assert auth.get("type") != "error", auth
+        for i, body in enumerate(bodies):
+            await ws.send_json({"type": "score.update", "id": str(i), **body})
+        acks: list[dict[str, Any]] = []
+        while len(acks) < len(bodies):
+            message = await ws.receive_json(timeout=10)
+            if message.get("id") is not None and message.get("type") != "scoreboard:diff":
+                acks.append(message)
+        return acks
+
+
+async def test_updates_sprayed_at_three_processes_converge_everywhere(
+    cluster: list[ServerHandle], pg_url: str
+) -> None:
+    rng = random.Random(9)
+    users = [f"p{i}" for i in range(40)]
+
+    async def http_burst(server: ServerHandle, n: int) -> None:
+        for _ in range(n):
+            body = service_update(rng.choice(users), rng.randint(1, 50))
+            status, answer = await server.post("/scores/update", body, server.service_token)
+            assert status == 200, answer
+            lap = {
+                "userId": rng.choice(users),
+                "scores": {"laps": rng.randint(1000, 90000)},
+                "actionId": uuid.uuid4().hex,
+            }
+            status, answer = await server.post("/api/score/update", lap, server.service_token)
+            assert status == 200, answer
+
+    ws_bodies = [[service_update(rng.choice(users), rng.randint(1, 50)) for _ in range(30)] for _ in cluster]
+    await asyncio.gather(
+        *(http_burst(s, 40) for s in cluster),
+        *(ws_credit(s, b) for s, b in zip(cluster, ws_bodies, strict=True)),
+    )
+    await wait_converged(cluster, pg_url, "global")
+    await wait_converged(cluster, pg_url, "laps")
+    # Every rank too, not only the page: each server's rank of each player is the database's.
+    _, rows = await db_board(pg_url, "global")
+    for server in cluster:
+        for rank, (user, score) in enumerate(rows, 1):
+            status, body = await server.get(f"/api/boards/global/users/{user}")
+            assert status == 200 and (body["rank"], body["score"]) == (rank, score), (user, body)
+
+
+async def test_one_action_raced_on_two_processes_is_credited_once(
+    cluster: list[ServerHandle], pg_url: str
+) -> None:
+    a, b, _ = cluster
+    for round_ in range(20):
+        action = f"race-{round_}"
+        body = service_update("racer", 7, action)
+        (sa, ra), (sb, rb) = await asyncio.gather(
+            a.post("/scores/update", body, a.service_token), b.post("/scores/update", body, b.service_token)
+        )
+        assert sa == sb == 200, (ra, rb)
+        assert sorted([ra["duplicate"], rb["duplicate"]]) == [False, True], (ra, rb)
+        same = ("newScore", "visibleAt", "boards")
+        assert {k: ra[k] for k in same} == {k: rb[k] for k in same}
+    con = await asyncpg.connect(pg_url)
+    try:
+        credited = await con.fetchval("SELECT count(*) FROM credits WHERE user_id = 'racer'")
+        score = await con.fetchval("SELECT score FROM entries WHERE user_id = 'racer' AND board = 'global'")
+    finally:
+        await con.close()
+    assert (credited, score) == (20, 140)
+    await wait_converged(cluster, pg_url, "global")
+
+
+async def test_visible_at_is_reached_by_a_read_on_another_process(cluster: list[ServerHandle]) -> None:
+    a, b, c = cluster
+    for i in range(10):
+        answer = await a.credit(f"reader{i}", 100 + i)
+        visible = answer["visibleAt"]
+        assert visible == answer["boards"]["global"]["visibleAt"] >= 1
+        for other in (b, c):
+
+            async def shows(other: ServerHandle = other, user: str = f"reader{i}", at: int = visible) -> bool:
+                status, body = await other.get(f"/api/boards/global/users/{user}")
+                return status == 200 and body["version"] >= at
+
+            assert await until(shows, timeout_s=2.0)
+        # Once the version is reached, the write is there, on every process.
+        for other in (b, c):
+            status, body = await other.get(f"/api/boards/global/users/reader{i}")
+            assert status == 200 and body["score"] == 100 + i and body["version"] >= visible
+
+
+async def test_moderation_and_season_end_on_one_process_reach_the_others(
+    cluster: list[ServerHandle], pg_url: str
+) -> None:
+    from scoreboard.identity import Role
+    from tests.helpers import token
+
+    a, b, c = cluster
+    for i in range(5):
+        await b.credit(f"m{i}", 10 * (i + 1))
+    admin = token("ops", role=Role.ADMIN)
+    status, body = await a.post("/api/admin/users/m4/block", {"reason": "cheating"}, admin)
+    assert status == 200, body
+    await wait_converged(cluster, pg_url, "global")
+    # The block holds on every process: the database decides inside each batch.
+    status, body = await c.post("/scores/update", service_update("m4", 5), c.service_token)
+    assert (status, body["error"]["code"]) == (403, "user_blocked"), body
+    status, body = await c.post("/api/boards/global/reset", {"season": 1, "reason": "new season"}, admin)
+    assert status == 200, body
+    for server in cluster:
+        assert await eventually(lambda s=server: s.hubs.get("global").season == 2, timeout_s=3.0)
+    await c.credit("m0", 1)
+    await wait_converged(cluster, pg_url, "global")
+
+
+async def test_redis_down_processes_converge_through_the_database(
+    cluster: list[ServerHandle], pg_url: str, redis: RedisServer
+) -> None:
+    a, b, _ = cluster
+    await a.credit("before", 5)
+    await wait_converged(cluster, pg_url, "global")
+    redis.kill()
+    for server in cluster:
+        assert await eventually(lambda s=server: s.service.bus_state() == "down", timeout_s=3.0)
+    for i in range(30):
+        await cluster[i % 3].credit(f"down{i % 7}", i + 1)
+    await wait_converged(cluster, pg_url, "global", timeout_s=3.0)
+    for server in cluster:
+        status, body = await server.get("/readyz")
+        assert status == 200 and body["bus"] == "down", body
+    redis.start()
+    for server in cluster:
+        assert await eventually(lambda s=server: s.service.bus_state() == "up", timeout_s=3.0)
+    for i in range(10):
+        await cluster[i % 3].credit(f"up{i}", i + 1)
+    await wait_converged(cluster, pg_url, "global", timeout_s=2.0)
+    status, body = await b.get("/readyz")
+    assert status == 200 and body["bus"] == "up"
