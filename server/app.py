@@ -41,6 +41,7 @@ from .openapi import OPENAPI_PATH, OpenApiEndpoint, describe
 from .rankload import RankLoader
 from .schedule import Schedule
 from .seasons import Seasons
+from .sequencer import Sequencer
 from .service import ScoreService, record_commit, resync
 from .sse import SseEndpoint
 from .store import StorageError, Store
@@ -186,6 +187,8 @@ async def _storage(
             # State and top K from one snapshot: other processes may commit meanwhile.
             state, top = await store.load_board(hub.id, hub.spec.top_k)
             hub.reload(state, top)
+        # Several processes: every board's events are one sequence in Redis.
+        sequencer = None if redis_client is None else _sequencer(settings, board_hubs, redis_client)
         # Every rank comes after, in the background: the top K and updates
         # are served meanwhile, and rank reads go to the store until then.
 
@@ -261,6 +264,8 @@ async def _storage(
             await loader.close()
             await seasons.close()
             await writer.close(settings.shutdown_timeout_s)
+            if sequencer is not None:
+                await sequencer.close()
             await follower.close()
             board_hubs.close()
             log.info(
@@ -339,6 +344,21 @@ def _follower(
     # is missed: what is older than the load is ignored.
     bus.start()
     return bus
+
+
+def _sequencer(settings: Settings, hubs: Hubs, redis_client: Redis) -> Sequencer:
+    """Each board's shared event sequence, started (after the boards loaded)."""
+    sequencer = Sequencer(
+        hubs,
+        redis_client,
+        prefix=settings.redis_prefix,
+        new_epoch=_epoch,
+        lease_s=settings.sequencer_lease_s,
+        tick_s=settings.broadcast_tick_ms / 1000,
+        history=settings.broadcast_history,
+    )
+    sequencer.start()
+    return sequencer
 
 
 class GapResync:

@@ -31,7 +31,11 @@ from typing import Protocol
 
 from .board import Entry
 from .fanout import NOT_READING, TOO_SLOW, Close, Fanout, State
-from .feed import Event, Feed
+from .feed import Event, Feed, parse_since
+
+# Close code for a subscriber that resumed from a position this process has
+# not reached within the wait (1013: try again later, here or elsewhere).
+TRY_AGAIN = 1013
 
 log = logging.getLogger("scoreboard.broadcast")
 
@@ -106,6 +110,7 @@ class Broadcaster:
         high_water: int = 64 * 1024,
         stuck_timeout_s: float = 15.0,
         hard_limit: int | None = None,
+        wait_ahead_s: float = 10.0,
     ) -> None:
         self.feed = feed
         self._board = board
@@ -121,6 +126,14 @@ class Broadcaster:
         self._catch_up: asyncio.TimerHandle | None = None
         # The commit version the board is at (its hub sets this).
         self.committed: Callable[[], int] = lambda: 0
+        # Several processes: the feed follows the board's shared sequence
+        # (`sequencer.Relay` hands over each step); this process makes no
+        # diffs of its own.
+        self.relayed = False
+        # Subscribers that resumed from a position this process has not
+        # reached yet, with when to give up on them.
+        self._waiting: dict[Subscriber, tuple[str, float]] = {}
+        self._wait_s = wait_ahead_s
 
     def __len__(self) -> int:
         return len(self._fanout)
@@ -146,8 +159,14 @@ class Broadcaster:
         A change not yet published is published first, so `sub` never starts
         from a board older than the current one. Missed diffs larger in all
         than the buffer bound are replaced by one snapshot: a long absence
-        must not flood the new connection.
+        must not flood the new connection. Following a shared sequence, a
+        position ahead of this process's (another process sent it) waits
+        until this process has caught up.
         """
+        if self.relayed and since is not None and self._ahead(since):
+            self._waiting[sub] = (since, self._clock() + self._wait_s)
+            self._schedule_catch_up()
+            return
         self.flush()
         self._fanout.add(sub)
         events = self.feed.since(since)
@@ -169,11 +188,30 @@ class Broadcaster:
 
     def unsubscribe(self, sub: Subscriber) -> None:
         """Stop sending to `sub` (idempotent; safe from inside `send_event` or `abort`)."""
+        self._waiting.pop(sub, None)
         self._fanout.remove(sub)
+
+    def _ahead(self, since: str) -> bool:
+        position = parse_since(since)
+        return position is not None and position[0] == self.feed.epoch and position[1] > self.feed.seq
+
+    def _release_waiting(self) -> None:
+        """Subscribe those waiting for a position this process has reached; close those waiting too long."""
+        if not self._waiting:
+            return
+        now = self._clock()
+        for sub, (since, deadline) in list(self._waiting.items()):
+            if not self._ahead(since):
+                del self._waiting[sub]
+                self.subscribe(sub, since)
+            elif now >= deadline:
+                del self._waiting[sub]
+                log.warning("subscriber_ahead", extra={"fields": {"conn_id": sub.conn_id, "since": since}})
+                sub.abort(TRY_AGAIN, "this server has not reached your position yet; reconnect")
 
     def board_changed(self) -> None:
         """Note that the board may have moved; publish now or at the next tick."""
-        if self._board.version == self._published_version or self._scheduled is not None:
+        if self.relayed or self._board.version == self._published_version or self._scheduled is not None:
             return
         loop = asyncio.get_running_loop()
         wait = self._last_publish + self._tick - self._clock()
@@ -184,7 +222,7 @@ class Broadcaster:
 
     def flush(self) -> None:
         """Publish now if the board moved since the last publish (instead of at the next tick)."""
-        if self._board.version == self._published_version:
+        if self.relayed or self._board.version == self._published_version:
             return
         self._cancel_scheduled()
         self._publish()
@@ -203,6 +241,7 @@ class Broadcaster:
         self._last_publish = self._clock()
         for event in events:
             self._deliver(event)
+        self._release_waiting()
 
     def close(self) -> None:
         """Cancel timers; subscribers are closed by their own handlers."""
@@ -287,10 +326,11 @@ class Broadcaster:
     def _run_catch_up(self) -> None:
         """Send a snapshot to conflated subscribers that drained; close stuck ones."""
         self._catch_up = None
+        self._release_waiting()
         decision = self._fanout.catch_up(self._clock(), _buffered)
         closes: list[Close[Subscriber] | None] = list(decision.close)
         if decision.snapshot:
             closes += self._write(self.feed.snapshot(), decision.snapshot)
         self._apply(closes)
-        if self._fanout.behind:
+        if self._fanout.behind or self._waiting:
             self._schedule_catch_up()

@@ -42,6 +42,19 @@ def _entries(rows: Any) -> tuple[Entry, ...]:
     return tuple(_entry(r) for r in rows)
 
 
+def encode_entries(entries: tuple[Entry, ...] | list[Entry]) -> bytes:
+    """A board's entries as bytes (the shared sequence keeps its head board so)."""
+    return orjson.dumps([_row(e) for e in entries])
+
+
+def decode_entries(data: bytes | str) -> tuple[Entry, ...]:
+    """The entries `encode_entries` made; raises ValueError for anything else."""
+    try:
+        return _entries(orjson.loads(data))
+    except (orjson.JSONDecodeError, TypeError) as exc:
+        raise ValueError(f"not encoded entries: {exc}") from None
+
+
 def encode(change: Change) -> bytes:
     """The bytes of a committed value (`decode` inverts it)."""
     if isinstance(change, SeasonChange):

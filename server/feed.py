@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from .board import Entry, diff
+from .board import Change, Entry, apply_diff, diff
 
 SNAPSHOT = "scoreboard:update"
 DIFF = "scoreboard:diff"
@@ -34,6 +34,23 @@ def entry_json(rank: int, e: Entry) -> dict[str, object]:
     if e.metadata is not None:
         row["metadata"] = orjson.Fragment(e.metadata)
     return row
+
+
+def _entry(row: dict[str, object]) -> Entry:
+    """A board row as clients see it, back as an entry (its stamp is not shown: 0)."""
+    metadata = row.get("metadata")
+    return Entry(
+        str(row["userId"]),
+        str(row["username"]),
+        int(row["score"]),  # type: ignore[call-overload]
+        0,
+        None if metadata is None else orjson.dumps(metadata),
+    )
+
+
+def _change(row: dict[str, object]) -> Change:
+    rank = int(row["rank"])  # type: ignore[call-overload]
+    return Change(rank, None if row.get("removed") else _entry(row))
 
 
 def ws_text_frame(payload: bytes) -> bytes:
@@ -197,6 +214,47 @@ class Feed:
         events = [Event(SEASON, self.epoch, self.seq, orjson.dumps(body)), self.snapshot()]
         self._history.extend(events)
         return events
+
+    # -- a feed that follows a shared sequence (several processes) ---------
+
+    def take(self, events: Sequence[Event]) -> None:
+        """Follow one numbered step another process published (`sequencer.Relay`).
+
+        `events` share one `seq`: a diff, a season change and its snapshot,
+        or a snapshot alone (a new epoch). The board as of the step is
+        rebuilt from them, for the snapshots this feed gives new subscribers.
+        """
+        for event in events:
+            body = orjson.loads(event.json)
+            if event.epoch != self.epoch:
+                self.epoch = event.epoch
+                self._history.clear()
+            if event.kind == DIFF:
+                self._board = tuple(apply_diff(self._board, [_change(c) for c in body["changes"]]))
+            elif event.kind == SNAPSHOT:
+                self._board = tuple(_entry(row) for row in body["topUsers"])
+            self.season = int(body["season"])
+            self.seq = event.seq
+            self.version = max(self.version, int(body.get("version", 0)))
+            self._snapshot = event if event.kind == SNAPSHOT else None
+            self._history.append(event)
+
+    def restart(self, epoch: str, seq: int, season: int, version: int, board: Sequence[Entry]) -> None:
+        """Start following a shared sequence at `epoch:seq`, with no history yet."""
+        self.epoch = epoch
+        self.seq = seq
+        self.season = season
+        self.version = version
+        self._board = tuple(board)
+        self._snapshot = None
+        self._history.clear()
+
+    def remember(self, events: Sequence[Event]) -> None:
+        """Keep older events of the shared sequence for resuming (oldest first, up to `seq`)."""
+        kept = [e for e in events if e.epoch == self.epoch and e.seq <= self.seq]
+        newer = list(self._history)
+        self._history.clear()
+        self._history.extend(kept + [e for e in newer if not kept or e.seq > kept[-1].seq])
 
     def since(self, token: str | None) -> list[Event]:
         """What a client at `token` needs to reach `seq`: missed events, or a snapshot.

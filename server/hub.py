@@ -60,6 +60,8 @@ class Hub:
         self.ignored = 0
         # Values that came ahead of a missing version, by version.
         self._ahead: dict[int, Change] = {}
+        # Told after every change (the board's sequencer, several processes).
+        self.changed: Callable[[], None] | None = None
 
     def offer(self, change: Change) -> bool:
         """Apply `change` in version order; True while a version before one held here is missing.
@@ -124,6 +126,8 @@ class Hub:
         if self.index is not None:
             self.index.change(committed.version, committed.standings, committed.removed)
         self.broadcaster.board_changed()
+        if self.changed is not None:
+            self.changed()
         return True
 
     def season_changed(self, change: SeasonChange) -> bool:
@@ -140,9 +144,12 @@ class Hub:
         self.board.clear()
         if self.index is not None:
             self.index.new_season()
-        self.broadcaster.publish_events(
-            self.feed.new_season(self.board.entries(), change.ended, change.season, change.version)
-        )
+        if not self.broadcaster.relayed:
+            self.broadcaster.publish_events(
+                self.feed.new_season(self.board.entries(), change.ended, change.season, change.version)
+            )
+        if self.changed is not None:
+            self.changed()
         return True
 
     def reload(self, state: BoardState, entries: Sequence[Entry]) -> None:
@@ -163,6 +170,8 @@ class Hub:
         self.ends_at = state.ends_at
         self.board.replace(entries)
         self.broadcaster.board_changed()
+        if self.changed is not None:
+            self.changed()
         self._drain()
 
     @property

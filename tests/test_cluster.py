@@ -24,6 +24,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from scoreboard.client import BoardState
 from tests.conftest import StartServer
 from tests.helpers import ServerHandle, eventually, service_update
 from tests.redisserver import RedisServer
@@ -265,3 +266,124 @@ async def test_redis_down_processes_converge_through_the_database(
     await wait_converged(cluster, pg_url, "global", timeout_s=2.0)
     status, body = await b.get("/readyz")
     assert status == 200 and body["bus"] == "up"
+
+
+class Watcher:
+    """A WebSocket subscriber of the default board: every event it got, and the board they build."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.state = BoardState()
+        self.gaps = 0
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def watch(self, server: ServerHandle, since: str | None = None) -> None:
+        """Subscribe on `server` (resuming at `since`) and collect events in the background."""
+        self._session = aiohttp.ClientSession()
+        ws = await self._session.ws_connect(server.ws_url)
+        message: dict[str, Any] = {"type": "subscribe", "channel": "scoreboard"}
+        if since is not None:
+            message["since"] = since
+        await ws.send_json(message)
+
+        async def run() -> None:
+            async for msg in ws:
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    break
+                event = msg.json()
+                if event.get("type") in ("scoreboard:update", "scoreboard:diff", "board:season"):
+                    self.events.append(event)
+                    if event["type"] != "board:season" and not self.state.apply(event):
+                        self.gaps += 1
+
+        self._task = asyncio.get_running_loop().create_task(run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    def rows(self) -> list[tuple[str, int]]:
+        return [(e["userId"], e["score"]) for e in self.state.entries]
+
+
+async def top_rows(server: ServerHandle) -> list[tuple[str, int]]:
+    return [(e["userId"], e["score"]) for e in await server.top()]
+
+
+async def test_subscribers_on_every_process_get_one_numbered_sequence(cluster: list[ServerHandle]) -> None:
+    watchers = [Watcher() for _ in cluster]
+    for watcher, server in zip(watchers, cluster, strict=True):
+        await watcher.watch(server)
+    rng = random.Random(4)
+    for i in range(60):
+        await cluster[i % 3].credit(f"s{rng.randint(0, 15)}", rng.randint(1, 40))
+        if i % 10 == 0:
+            await asyncio.sleep(0.06)  # let some diffs go out between bursts
+    expected = await top_rows(cluster[0])
+
+    async def all_there() -> bool:
+        return all(w.rows() == expected for w in watchers)
+
+    assert await until(all_there, timeout_s=5.0), [w.rows() for w in watchers]
+    # One sequence: the same epoch, the same numbered diffs with the same content on every process.
+    diffs = [
+        [(e["epoch"], e["seq"], e["changes"]) for e in w.events if e["type"] == "scoreboard:diff"]
+        for w in watchers
+    ]
+    last = min(d[-1][1] for d in diffs)
+    common = [[d for d in ds if d[1] <= last] for ds in diffs]
+    starts = [ds[0][1] for ds in common]
+    aligned = [ds[max(starts) - s :] for ds, s in zip(common, starts, strict=True)]
+    assert aligned[0] == aligned[1] == aligned[2]
+    assert all(w.gaps == 0 for w in watchers)
+    versions = [e["version"] for e in watchers[0].events]
+    assert versions == sorted(versions)  # never a board going backwards
+    for watcher in watchers:
+        await watcher.stop()
+
+
+async def test_a_subscriber_resumes_on_another_process_and_on_a_restarted_one(
+    cluster: list[ServerHandle], pg_url: str, redis: RedisServer, start: StartServer, catalog: Path
+) -> None:
+    a, b, c = cluster
+    first = Watcher()
+    await first.watch(a)
+    for i in range(10):
+        await b.credit(f"r{i}", 10 + i)
+    assert await until(lambda: _async(len(first.rows()) == 10), 5.0), first.rows()
+    position = first.state.position
+    seen = [e["seq"] for e in first.events]
+    await first.stop()
+    # Changes while it is away, then it resumes on another process.
+    for i in range(10):
+        await c.credit(f"r{i}", 100)
+    second = Watcher()
+    second.state = first.state
+    await second.watch(b, since=position)
+    expected = await top_rows(c)
+    assert await until(lambda: _async(second.rows() == expected), 5.0), second.rows()
+    resumed = [e["seq"] for e in second.events]
+    assert second.events[0]["type"] == "scoreboard:diff", second.events[0]  # missed diffs, not a snapshot
+    assert resumed == list(range(seen[-1] + 1, resumed[-1] + 1))  # every change exactly once
+    position = second.state.position
+    await second.stop()
+    # A process that just started (a restart) serves the same sequence.
+    await c.stop()
+    restarted = await start(pg_url, redis_url=redis.url, catalog_file=catalog, bus_poll_s=0.5)
+    await a.credit("r0", 1000)
+    third = Watcher()
+    third.state = second.state
+    await third.watch(restarted, since=position)
+    expected = await top_rows(a)
+    assert await until(lambda: _async(third.rows() == expected), 5.0), third.rows()
+    assert third.events[0]["type"] == "scoreboard:diff", third.events[0]
+    assert third.gaps == 0
+    await third.stop()
+
+
+async def _async(value: bool) -> bool:
+    return value
