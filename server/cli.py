@@ -9,6 +9,9 @@ environment, or kept in its data dir. Only `serve` creates secrets, so a
 command pointed at the wrong directory refuses instead of printing
 credentials the server would reject.
 
+`serve --workers N` (N > 1) supervises N worker processes sharing the port
+(workers.py); each runs `serve` again with the same flags.
+
 Every refusal is one line on stderr starting `scoreboard: ` with exit code 2.
 """
 
@@ -18,6 +21,7 @@ import argparse
 import contextlib
 import logging
 import math
+import os
 import resource
 import sys
 import time
@@ -30,7 +34,7 @@ import uvloop
 
 from . import __version__
 from .app import serve
-from .config import ConfigError, Settings, parse_value, resolve_secrets
+from .config import ConfigError, Settings, load_catalog, parse_value, resolve_secrets
 from .errors import ScoreboardError
 from .identity import Role
 from .logs import configure
@@ -38,6 +42,7 @@ from .store import StorageError
 from .text import text_problem
 from .tickets import MAX_ID_CHARS, MAX_POINTS, Ticket, parse_ticket, sign_ticket
 from .tokens import mint_token
+from .workers import WORKER_ENV, Supervisor, reserve_port, worker_command
 
 # Settings under which tokens come from an identity provider, not the HS256 secret.
 _KEY_SOURCES = ("jwt_public_key_file", "jwks_file", "jwks_url")
@@ -179,8 +184,10 @@ def _raise_open_files_limit() -> None:
 def _serve(settings: Settings) -> int:
     configure(settings.log_level)
     _raise_open_files_limit()
+    # A worker of `serve --workers N` shares the port with its siblings.
+    reuse_port = WORKER_ENV in os.environ
     try:
-        uvloop.run(serve(settings))
+        uvloop.run(serve(settings, reuse_port=reuse_port))
     except (StorageError, OSError) as exc:
         # Storage unreachable at start, or the port is taken: one clear line.
         logging.getLogger("scoreboard.app").error("startup_failed", extra={"fields": {"error": str(exc)}})
@@ -188,6 +195,46 @@ def _serve(settings: Settings) -> int:
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers are installed
         return 130
     return 0
+
+
+def _worker_flags(args: argparse.Namespace) -> list[str]:
+    """The `serve` flags given, for the workers; their port and count come from the environment."""
+    return [
+        f"{_flag(f.name)}={raw}"
+        for f in fields(Settings)
+        if f.name not in ("port", "workers") and (raw := getattr(args, f.name, None)) is not None
+    ]
+
+
+def _supervise(settings: Settings, flags: list[str]) -> int:
+    configure(settings.log_level)
+    _raise_open_files_limit()
+    # Each worker would refuse these too; refuse once, before starting any.
+    resolve_secrets(settings, create=False)
+    load_catalog(settings)
+    try:
+        reserved = reserve_port(settings.host, settings.port)
+    except OSError as exc:
+        logging.getLogger("scoreboard.app").error("startup_failed", extra={"fields": {"error": str(exc)}})
+        return 1
+    with reserved:
+        port = int(reserved.getsockname()[1])
+        logging.getLogger("scoreboard.workers").info(
+            "workers_starting",
+            extra={"fields": {"workers": settings.workers, "host": settings.host, "port": port}},
+        )
+        supervisor = Supervisor(
+            worker_command(flags),
+            count=settings.workers,
+            # Flags win over the environment, so `flags` carry neither of these.
+            env={**os.environ, "SCOREBOARD_WORKERS": "1", "SCOREBOARD_PORT": str(port)},
+            # A worker's own stop: in-flight requests, then the last batch and the pool.
+            stop_grace_s=settings.shutdown_timeout_s + settings.store_timeout_s + 5.0,
+        )
+        try:
+            return uvloop.run(supervisor.run())
+        except KeyboardInterrupt:  # Ctrl-C before the signal handlers are installed
+            return 130
 
 
 def _token(args: argparse.Namespace, settings: Settings) -> int:
@@ -246,7 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
-            return _serve(_settings(args))
+            settings = _settings(args)
+            if settings.workers > 1:
+                return _supervise(settings, _worker_flags(args))
+            return _serve(settings)
         # Flags first: a refusal names the flag even when the data dir is wrong too.
         token = args.command == "token"
         problem = _token_problem(args) if token else _ticket_problem(args)
