@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -161,7 +162,10 @@ class Bus:
                 if not rows:
                     return
                 values = [changes.decode(r) for r in rows]
-                if values[0].version != hub.version + 1:
+                # The hub may have moved on while the rows were read (the bus
+                # kept applying): only a first value beyond its next version
+                # means the kept values no longer reach back.
+                if values[0].version > hub.version + 1:
                     await self._reload(hub)
                     return
                 for value in values:
@@ -304,6 +308,8 @@ def redis_client(url: str, *, timeout_s: float) -> aioredis.Redis:
     """A Redis client for the bus, the sequencers and the rate limits (connects lazily)."""
     return aioredis.Redis.from_url(
         url,
+        # Names this process's connections in CLIENT LIST (operators, tests).
+        client_name=f"scoreboard-{os.getpid()}",
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         health_check_interval=max(1, int(timeout_s)),

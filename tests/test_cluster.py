@@ -26,7 +26,7 @@ import pytest
 
 from scoreboard.client import BoardState
 from tests.conftest import StartServer
-from tests.helpers import ServerHandle, eventually, service_update
+from tests.helpers import FakeClock, ServerHandle, eventually, service_update
 from tests.redisserver import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -387,3 +387,41 @@ async def test_a_subscriber_resumes_on_another_process_and_on_a_restarted_one(
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_a_scheduled_season_end_happens_once_whichever_processes_are_up(
+    pg_url: str, redis: RedisServer, start: StartServer, tmp_path: Path
+) -> None:
+    catalog = tmp_path / "daily.toml"
+    catalog.write_text('[boards.global]\ndefault = true\nreset = "daily"\narchive = 2\n')
+    clock = FakeClock()
+    servers = [
+        await start(
+            pg_url,
+            redis_url=redis.url,
+            catalog_file=catalog,
+            clock=clock,
+            season_check_s=0.05,
+            bus_poll_s=0.5,
+        )
+        for _ in range(3)
+    ]
+    for i, server in enumerate(servers):
+        await server.credit(f"d{i}", 5)
+    clock.advance(86_400)  # every process's timer sees the end within season_check_s
+    for server in servers:
+        assert await eventually(lambda s=server: s.hubs.default.season == 2, timeout_s=5.0)
+    con = await asyncpg.connect(pg_url)
+    try:
+        seasons = await con.fetch(
+            "SELECT season, ended_at FROM seasons WHERE board = 'global' ORDER BY season"
+        )
+        state = await con.fetchrow("SELECT season, version FROM boards WHERE id = 'global'")
+    finally:
+        await con.close()
+    assert [r[0] for r in seasons] == [1, 2] and seasons[0][1] is not None and seasons[1][1] is None
+    assert sum(s.service.seasons.ended for s in servers if s.service.seasons is not None) == 1
+    # Each process holds the new, empty season at the database's version.
+    for server in servers:
+        assert (server.hubs.default.season, server.hubs.default.version) == (state[0], state[1])
+        assert await server.top() == []
