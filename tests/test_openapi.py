@@ -75,6 +75,7 @@ import yarl
 from aiohttp import web
 from hypothesis import strategies as st
 from schemathesis.core.failures import AcceptedNegativeData
+from schemathesis.core.parameters import ParameterLocation
 from schemathesis.engine import Status, events
 from schemathesis.openapi.checks import RejectedPositiveData
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
@@ -385,7 +386,7 @@ async def test_the_rank_reads_carry_their_bounds(served: Served) -> None:
     rows = {"BoardScores": max(max(100, k) for k in top_ks), "BoardAround": 101, "BoardUsers": 100}
     for name, most in rows.items():
         entries = schemas[name]["properties"]["entries"]
-        assert schemas[name]["required"] == ["board", "season", "total", "entries"], name
+        assert schemas[name]["required"] == ["board", "season", "version", "total", "entries"], name
         assert (entries["items"], entries["maxItems"]) == ({"$ref": "#/components/schemas/RankedEntry"}, most)
     assert "maximum" not in schemas["RankedEntry"]["properties"]["rank"]  # pages go past the top K
     assert "total" in schemas["BoardStanding"]["required"]
@@ -608,8 +609,10 @@ def _printable(ch: str) -> bool:
 
 
 def _texts(lengths: tuple[int, ...] = (1, 2, 127, 128, 129)) -> st.SearchStrategy[str]:
-    """Strings of format `printable-text`: what the text rule accepts.
+    """Strings of format `printable-text`: what the text rule (`text_problem`) accepts.
 
+    Only a strategy: schemathesis takes no check for a custom format, so its negative data counts
+    every string as breaking one (`documented_refusals` says what follows).
     Often of the lengths the coverage phase asks for (the limits, one past them):
     it can only filter a format's strategy, never steer it to a length.
     """
@@ -805,6 +808,12 @@ def documented_refusals(
 ) -> bool:
     """Keep every failure but those where the server does what the document says and JSON Schema cannot.
 
+    A 200 to a body schemathesis took for invalid and the document allows: schemathesis cannot check a
+    custom format, so to negate `printable-text` it drops the keyword and counts whatever string it then
+    draws as breaking the format (4.32: `_always_invalid` in `get_validator`). Many such strings keep
+    the text rule (U+F3E6D, a private-use character, is text) and are rightly accepted
+    (`_negated_in_vain`).
+
     422s to requests schemathesis takes for valid and the document does not:
     - a member of format `printable-text` that breaks the text rule: schemathesis cannot check a
       custom format, and its stateful phase reuses values from earlier (negative) requests;
@@ -821,11 +830,66 @@ def documented_refusals(
     """
     if response.status_code == 431 and _request_line_too_long(response):
         return False
+    if isinstance(failure, AcceptedNegativeData) and _negated_in_vain(case, response):
+        return False
     if isinstance(failure, AcceptedNegativeData) and case.operation.path == FRIENDS_PATH:
         return not (_ids_valid(_ids_sent(case)) and _season_valid((case.query or {}).get("season")))
     if not (isinstance(failure, RejectedPositiveData) and response.status_code == 422):
         return True
     return not _rightly_refused(case, response.json()["error"])
+
+
+def _negated_in_vain(case: schemathesis.Case, response: schemathesis.Response) -> bool:
+    """Whether a request made negative in its body (and maybe its headers) reached the server as one
+    the document allows.
+
+    schemathesis's own check lets headers that arrive valid pass only when the body is positive; a
+    negated `Authorization` our auth provider filled in, or an `X-Request-ID` (any string), arrives valid.
+    """
+    meta = case.meta
+    body, headers = ParameterLocation.BODY, ParameterLocation.HEADER
+    negative = {loc for loc in ParameterLocation if meta is not None and meta.is_negative_at(loc)}
+    if body not in negative or negative - {body, headers}:
+        return False
+    if headers in negative and not _headers_allowed(case, response):
+        return False
+    return _body_allowed(case)
+
+
+def _headers_allowed(case: schemathesis.Case, response: schemathesis.Response) -> bool:
+    """Whether the request carried one of our tokens and the document's header parameters as it allows."""
+    sent = response.request.headers
+    if sent.get("Authorization") not in (Tokens.player, Tokens.service, Tokens.admin):
+        return False
+    components = case.operation.schema.raw_schema["components"]
+    for declared in case.operation.definition.raw.get("parameters", []):
+        name = declared.get("$ref", "").rsplit("/", 1)[-1]
+        parameter = components["parameters"][name] if "$ref" in declared else declared
+        if parameter["in"] != "header":
+            continue
+        value = sent.get(parameter["name"])
+        if value is None and parameter.get("required"):
+            return False
+        if value is not None and not jsonschema_rs.validator_for(parameter["schema"]).is_valid(value):
+            return False
+    return True
+
+
+def _body_allowed(case: schemathesis.Case) -> bool:
+    """Whether the body, as the server reads it, is one the document allows, `printable-text` checked
+    by the server's own text rule."""
+    content = case.operation.definition.raw.get("requestBody", {}).get("content", {})
+    schema = content.get(case.media_type, {}).get("schema")
+    if schema is None:
+        return False
+    try:
+        # What requests sends (json.dumps: U+F3E6D as the pair \udbcf\ude6d), read as the server does.
+        sent = orjson.loads(json.dumps(case.body, allow_nan=False))
+    except (TypeError, ValueError):
+        return False
+    root = {**schema, "components": case.operation.schema.raw_schema["components"]}
+    formats = {TEXT_FORMAT: lambda value: text_problem(value) is None}
+    return jsonschema_rs.Draft202012Validator(root, formats=formats, validate_formats=True).is_valid(sent)
 
 
 def _rightly_refused(case: schemathesis.Case, error: dict[str, Any]) -> bool:
@@ -958,3 +1022,35 @@ async def test_a_credited_user_is_readable_at_its_url(server: ServerHandle, user
     encoded = "".join(f"%{b:02X}" for b in user_id.encode())
     async with server.session.get(yarl.URL(f"{server.url}/api/users/{encoded}", encoded=True)) as resp:
         assert (resp.status, (await resp.json()).get("userId")) == (200, user_id)
+
+
+# U+F3E6D and other supplementary private-use characters: what schemathesis sent once as a
+# "format-violating" actionId and userId (JSON-escaped as the pair \udbcf\ude6d).
+PRIVATE_USE_BODY = {
+    "scores": None,
+    "username": None,
+    "scoreDelta": 542,
+    "actionId": "\U000f3e6d\U00100001\U000f0000",
+    "userId": "\U000f3e6d",
+}
+
+
+async def test_a_negated_text_format_is_refused_only_when_it_breaks_the_text_rule(
+    server: ServerHandle,
+) -> None:
+    """`negative_data_rejection`: schemathesis counts any string as breaking `printable-text`.
+
+    Private-use characters are text (`text.py`), so the body it sent is accepted, and
+    `documented_refusals` lets that 200 pass; a string that breaks the rule still fails the check.
+    """
+    status, answer = await server.post("/api/score/update", PRIVATE_USE_BODY, server.service_token)
+    assert (status, answer["userId"]) == (200, "\U000f3e6d")
+    _, document = await server.get(OPENAPI_PATH)
+    operation = schemathesis.openapi.from_dict(document)["/api/score/update"]["POST"]
+    for body, allowed in (
+        (PRIVATE_USE_BODY, True),
+        ({**PRIVATE_USE_BODY, "userId": "a\u202eb"}, False),  # a bidi override: Cf
+        ({**PRIVATE_USE_BODY, "actionId": "x\x00"}, False),
+    ):
+        case = operation.Case(body=body, media_type="application/json")
+        assert _body_allowed(case) is allowed, body
