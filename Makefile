@@ -32,11 +32,13 @@ install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
 # If the install fails the suite still runs, and the browser test fails.
+# HAProxy runs the load balancer of deploy/compose.yaml in tests/test_deploy.py
+# (its tests skip without it).
 browser:
-	-@command -v chromium >/dev/null 2>&1 || { \
-		echo "installing Debian's chromium for the browser test"; \
+	-@command -v chromium >/dev/null 2>&1 && command -v haproxy >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium and haproxy for the browser and deploy tests"; \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium haproxy >/dev/null; }
 
 run: install
 	$(BIN)/scoreboard serve

@@ -90,6 +90,7 @@ class Bus:
         prune_every_s: float = 60.0,
         queue_max: int = 10_000,
         reconnect_s: float = 0.2,
+        close_timeout_s: float = 5.0,
     ) -> None:
         self._hubs = hubs
         self._store = log_store
@@ -102,6 +103,7 @@ class Bus:
         self._retention_s = retention_s
         self._prune_every_s = prune_every_s
         self._reconnect_s = reconnect_s
+        self._close_timeout_s = close_timeout_s
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue(maxsize=queue_max)
         self._locks: dict[str, asyncio.Lock] = {hub.id: asyncio.Lock() for hub in hubs}
         self._repairs: dict[str, asyncio.TimerHandle] = {}
@@ -148,9 +150,14 @@ class Bus:
         self._tasks = []
         for task in tasks:
             task.cancel()
-        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
-            if isinstance(outcome, Exception):
-                log.debug("bus_task_stopped", extra={"fields": {"error": repr(outcome)}})
+        if not tasks:
+            return
+        done, pending = await asyncio.wait(tasks, timeout=self._close_timeout_s)
+        if pending:
+            log.warning("bus_close_timeout", extra={"fields": {"tasks": len(pending)}})
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.debug("bus_task_stopped", extra={"fields": {"error": repr(task.exception())}})
 
     # -- catching up from the database ---------------------------------------
 

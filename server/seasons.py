@@ -152,8 +152,11 @@ class Seasons:
             wait = self._max_sleep if not ends else min(ends) - self._clock()
             if wait > 0:
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows
+                # a cancellation that arrives as the event is set.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), min(wait, self._max_sleep))
+                    async with asyncio.timeout(min(wait, self._max_sleep)):
+                        await self._wake.wait()
                 continue
             try:
                 await writer.run_job(self.roll_due)

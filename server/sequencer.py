@@ -131,7 +131,7 @@ class Sequencer:
     Limits: `lease_s` before another process takes a board over from a
     holder that stopped; `tick_s` between two steps of a board; `history`
     steps kept in Redis (and by each feed) for resuming; `block_s` one read
-    waits for new steps.
+    waits for new steps; `close_timeout_s` for the tasks to stop.
     """
 
     def __init__(
@@ -146,6 +146,7 @@ class Sequencer:
         history: int = 1024,
         block_s: float = 0.5,
         reconnect_s: float = 0.2,
+        close_timeout_s: float = 5.0,
     ) -> None:
         self._hubs = hubs
         self._redis = client
@@ -156,6 +157,7 @@ class Sequencer:
         self._history = history
         self._block_ms = int(block_s * 1000)
         self._reconnect_s = reconnect_s
+        self._close_timeout_s = close_timeout_s
         self.holder = uuid.uuid4().hex
         self._append = client.register_script(_APPEND)
         self._start = client.register_script(_START)
@@ -191,7 +193,10 @@ class Sequencer:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self._close_timeout_s)
+            if pending:
+                log.warning("sequencer_close_timeout", extra={"fields": {"tasks": len(pending)}})
         for board in list(self._leading):
             with contextlib.suppress(RedisError, OSError):
                 await self._release(keys=[self._key(board, "lease")], args=[self.holder])
@@ -204,13 +209,25 @@ class Sequencer:
     async def _lead(self, hub: Hub) -> None:
         wake = self._wake[hub.id]
         renew_s = self._lease_ms / 3000
+        loop = asyncio.get_running_loop()
+        lease_checked = -renew_s
         builder: Feed | None = None
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows
+            # a cancellation that arrives as the event is set (and commits set
+            # it often), so close() would wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), renew_s)
+                async with asyncio.timeout(renew_s):
+                    await wake.wait()
             wake.clear()
             try:
-                if not await self._hold(hub.id):
+                # The lease is taken or renewed every third of its life, not
+                # on every commit: a step of a holder that lost it meanwhile
+                # is refused by the head check anyway.
+                if loop.time() - lease_checked >= renew_s:
+                    lease_checked = loop.time()
+                    await self._hold(hub.id)
+                if hub.id not in self._leading:
                     builder = None
                     continue
                 if builder is None:
@@ -243,8 +260,12 @@ class Sequencer:
         return False
 
     async def _builder(self, hub: Hub) -> Feed | None:
-        """A feed positioned at the head, to make the next steps from (None: not loaded yet)."""
+        """A feed positioned at the head, to make the next steps from (None: no head yet)."""
         head = await self._read_head(hub.id)
+        if head is None:
+            # Redis lost the sequence (flushed, restarted empty): a new epoch.
+            await self._ensure_head(hub)
+            head = await self._read_head(hub.id)
         if head is None:
             return None
         builder = Feed(head.epoch, head.board, history=1, board_id=hub.id, season=head.season)
@@ -322,9 +343,22 @@ class Sequencer:
                         found_hub = self._hubs.find(_text(key).split("{", 1)[1].split("}", 1)[0])
                         if found_hub is not None:
                             await self._take(found_hub, entries)
+                    if not found:
+                        await self._check_epochs()
             except (RedisError, OSError, ValueError, KeyError) as exc:
                 log.info("relay_paused", extra={"fields": {"error": repr(exc)}})
                 await asyncio.sleep(self._reconnect_s)
+
+    async def _check_epochs(self) -> None:
+        """On a quiet read: a head with another epoch (Redis lost the sequence) means starting over."""
+        hubs = list(self._hubs)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for hub in hubs:
+                pipe.hget(self._key(hub.id, "head"), "epoch")
+            epochs = await pipe.execute()
+        for hub, epoch in zip(hubs, epochs, strict=True):
+            if epoch is None or _text(epoch) != hub.feed.epoch:
+                await self._resync(hub)
 
     async def _take(self, hub: Hub, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         feed = hub.feed

@@ -314,7 +314,9 @@ async def top_rows(server: ServerHandle) -> list[tuple[str, int]]:
     return [(e["userId"], e["score"]) for e in await server.top()]
 
 
-async def test_subscribers_on_every_process_get_one_numbered_sequence(cluster: list[ServerHandle]) -> None:
+async def test_subscribers_on_every_process_get_one_numbered_sequence(
+    cluster: list[ServerHandle], pg_url: str
+) -> None:
     watchers = [Watcher() for _ in cluster]
     for watcher, server in zip(watchers, cluster, strict=True):
         await watcher.watch(server)
@@ -323,7 +325,8 @@ async def test_subscribers_on_every_process_get_one_numbered_sequence(cluster: l
         await cluster[i % 3].credit(f"s{rng.randint(0, 15)}", rng.randint(1, 40))
         if i % 10 == 0:
             await asyncio.sleep(0.06)  # let some diffs go out between bursts
-    expected = await top_rows(cluster[0])
+    await wait_converged(cluster, pg_url, "global")
+    expected = (await db_board(pg_url, "global"))[1][:10]
 
     async def all_there() -> bool:
         return all(w.rows() == expected for w in watchers)
@@ -364,7 +367,8 @@ async def test_a_subscriber_resumes_on_another_process_and_on_a_restarted_one(
     second = Watcher()
     second.state = first.state
     await second.watch(b, since=position)
-    expected = await top_rows(c)
+    await wait_converged(cluster, pg_url, "global")
+    expected = (await db_board(pg_url, "global"))[1][:10]
     assert await until(lambda: _async(second.rows() == expected), 5.0), second.rows()
     resumed = [e["seq"] for e in second.events]
     assert second.events[0]["type"] == "scoreboard:diff", second.events[0]  # missed diffs, not a snapshot
@@ -378,7 +382,8 @@ async def test_a_subscriber_resumes_on_another_process_and_on_a_restarted_one(
     third = Watcher()
     third.state = second.state
     await third.watch(restarted, since=position)
-    expected = await top_rows(a)
+    await wait_converged([a, b, restarted], pg_url, "global")
+    expected = (await db_board(pg_url, "global"))[1][:10]
     assert await until(lambda: _async(third.rows() == expected), 5.0), third.rows()
     assert third.events[0]["type"] == "scoreboard:diff", third.events[0]
     assert third.gaps == 0
@@ -425,3 +430,38 @@ async def test_a_scheduled_season_end_happens_once_whichever_processes_are_up(
     for server in servers:
         assert (server.hubs.default.season, server.hubs.default.version) == (state[0], state[1])
         assert await server.top() == []
+
+
+async def test_history_lost_in_redis_starts_a_new_epoch_everywhere(
+    cluster: list[ServerHandle], redis: RedisServer
+) -> None:
+    import redis as redis_client
+
+    a, b, c = cluster
+    watchers = [Watcher() for _ in cluster]
+    for watcher, server in zip(watchers, cluster, strict=True):
+        await watcher.watch(server)
+    await a.credit("e1", 10)
+    assert await until(lambda: _async(all(w.rows() == [("e1", 10)] for w in watchers)), 5.0)
+    old = watchers[0].state.epoch
+    admin = redis_client.Redis(host="127.0.0.1", port=redis.port)
+    try:
+        admin.flushall()  # the history is truly lost
+    finally:
+        admin.close()
+    await b.credit("e2", 20)
+    expected = [("e2", 20), ("e1", 10)]
+    assert await until(lambda: _async(all(w.rows() == expected for w in watchers)), 5.0), [
+        w.rows() for w in watchers
+    ]
+    epochs = {w.state.epoch for w in watchers}
+    assert len(epochs) == 1 and old not in epochs  # one new epoch, the same on every process
+    assert all(w.gaps == 0 for w in watchers)
+    # A client still at the old epoch gets a snapshot of the new one.
+    late = Watcher()
+    await late.watch(c, since=f"{old}:1")
+    assert await until(lambda: _async(late.rows() == expected), 5.0)
+    assert late.events[0]["type"] == "scoreboard:update" and late.events[0]["epoch"] in epochs
+    for watcher in [*watchers, late]:
+        await watcher.stop()
+
