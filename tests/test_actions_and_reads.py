@@ -106,14 +106,15 @@ async def test_user_standing_inside_and_outside_the_board(start: StartServer, da
     server = await start(database_url, top_k=3)
     for i, score in enumerate([50, 40, 40, 30, 20, 10]):
         await server.credit(f"u{i}", score)
+    # Six credits, one commit each: the reads include the board's version 6.
     assert await server.get("/api/users/u0") == (
         200,
-        {"userId": "u0", "username": "u0", "score": 50, "rank": 1},
+        {"userId": "u0", "username": "u0", "score": 50, "rank": 1, "version": 6},
     )
     assert (await server.get("/api/users/u2"))[1]["rank"] == 3  # tie: u1 reached 40 first
     assert await server.get("/api/users/u4") == (
         200,
-        {"userId": "u4", "username": "u4", "score": 20, "rank": 5},
+        {"userId": "u4", "username": "u4", "score": 20, "rank": 5, "version": 6},
     )
     assert (await server.get("/api/users/u5"))[1]["rank"] == 6
     status, body = await server.get("/api/users/nobody")
@@ -132,9 +133,10 @@ async def test_user_ids_with_unusual_characters(server: ServerHandle) -> None:
 
 
 async def test_scores_is_public_and_ranked(server: ServerHandle) -> None:
-    assert await server.get("/scores") == (200, {"topUsers": []})
+    assert await server.get("/scores") == (200, {"topUsers": [], "version": 0})  # nothing committed yet
     await server.credit("a", 1)
     await server.credit("b", 2)
+    assert (await server.get("/scores"))[1]["version"] == 2
     assert await server.top() == [
         {"rank": 1, "userId": "b", "username": "b", "score": 2},
         {"rank": 2, "userId": "a", "username": "a", "score": 1},
@@ -144,7 +146,7 @@ async def test_scores_is_public_and_ranked(server: ServerHandle) -> None:
 async def test_health_and_readiness(server: ServerHandle) -> None:
     assert await server.get("/healthz") == (200, {"status": "ok"})
     status, body = await server.get("/readyz")
-    assert (status, body["status"]) == (200, "ready")
+    assert (status, body["status"], body["bus"]) == (200, "ready", "off")  # one process: no bus
 
 
 async def test_expired_player_token_cannot_start_or_redeem(server: ServerHandle) -> None:

@@ -78,16 +78,19 @@ async def test_one_action_writes_several_boards_at_once_exactly_once(boards: Ser
     status, body = await multi(boards, "ann", {"global": 5, "laps": 81_234, "level": 7}, "a1", username="Ann")
     assert status == 200, body
     assert body["newScore"] == 5 and body["duplicate"] is False
+    # Each board's first commit is its version 1.
+    assert body["visibleAt"] == 1
     assert body["boards"] == {
-        "global": {"season": 1, "score": 5, "improved": True},
-        "laps": {"season": 1, "score": 81_234, "improved": True},
-        "level": {"season": 1, "score": 7, "improved": True},
+        "global": {"season": 1, "score": 5, "improved": True, "visibleAt": 1},
+        "laps": {"season": 1, "score": 81_234, "improved": True, "visibleAt": 1},
+        "level": {"season": 1, "score": 7, "improved": True, "visibleAt": 1},
     }
     assert body["topUsers"] == [{"rank": 1, "userId": "ann", "username": "Ann", "score": 5}]
     # A retry gets the original answer, every board included, and writes nothing.
     status, again = await multi(boards, "ann", {"global": 5, "laps": 81_234, "level": 7}, "a1")
     assert status == 200
     assert again["duplicate"] is True and again["boards"] == body["boards"] and again["newScore"] == 5
+    assert again["visibleAt"] == 1  # the original's version, not a new one
     # Another user, another set of boards, or other values: a conflict.
     for user, scores in (
         ("bob", {"global": 5, "laps": 81_234, "level": 7}),
@@ -103,8 +106,8 @@ async def test_one_action_writes_several_boards_at_once_exactly_once(boards: Ser
 async def test_a_board_without_the_default_answers_without_top_users(boards: ServerHandle) -> None:
     status, body = await multi(boards, "ann", {"laps": 90_000})
     assert status == 200
-    assert "newScore" not in body and "topUsers" not in body
-    assert body["boards"] == {"laps": {"season": 1, "score": 90_000, "improved": True}}
+    assert "newScore" not in body and "topUsers" not in body and "visibleAt" not in body
+    assert body["boards"] == {"laps": {"season": 1, "score": 90_000, "improved": True, "visibleAt": 1}}
 
 
 async def test_unknown_board_and_bounds_refuse_the_whole_update(boards: ServerHandle) -> None:
@@ -133,9 +136,10 @@ async def test_unknown_board_and_bounds_refuse_the_whole_update(boards: ServerHa
 
 async def test_best_on_an_ascending_board_keeps_the_fastest_lap(boards: ServerHandle) -> None:
     _, first = await multi(boards, "ann", {"laps": 80_000}, metadata={"car": "red"})
-    assert first["boards"]["laps"] == {"season": 1, "score": 80_000, "improved": True}
+    assert first["boards"]["laps"] == {"season": 1, "score": 80_000, "improved": True, "visibleAt": 1}
     _, slower = await multi(boards, "ann", {"laps": 85_000}, metadata={"car": "blue"})
-    assert slower["boards"]["laps"] == {"season": 1, "score": 80_000, "improved": False}
+    # A committed batch that touched the board takes a version, improved or not.
+    assert slower["boards"]["laps"] == {"season": 1, "score": 80_000, "improved": False, "visibleAt": 2}
     await multi(boards, "bob", {"laps": 79_000})
     await multi(boards, "cat", {"laps": 80_000})  # ties with ann, reached later
     assert [(e["userId"], e["score"]) for e in await entries(boards, "laps")] == [
@@ -153,6 +157,7 @@ async def test_best_on_an_ascending_board_keeps_the_fastest_lap(boards: ServerHa
         "score": 80_000,
         "rank": 2,
         "total": 3,
+        "version": 4,  # four commits on laps
         "metadata": {"car": "red"},  # the best lap's, not the slower one's
     }
     _, faster = await multi(boards, "ann", {"laps": 70_000}, metadata={"car": "green"})
@@ -180,7 +185,7 @@ async def test_latest_replaces_the_value_and_can_drop_out_of_the_top(
         await multi(server, user, {"level": level})
     assert [e["userId"] for e in await entries(server, "level")] == ["b", "a"]
     _, body = await multi(server, "b", {"level": 1})
-    assert body["boards"]["level"] == {"season": 1, "score": 1, "improved": True}
+    assert body["boards"]["level"] == {"season": 1, "score": 1, "improved": True, "visibleAt": 4}
     # b fell out of the top 2; c, never seen by the board, comes in.
     assert [(e["userId"], e["score"]) for e in await entries(server, "level")] == [("a", 10), ("c", 5)]
     assert [e["userId"] for e in await server.top()] == ["a", "c"]
@@ -229,9 +234,10 @@ async def test_tickets_with_scores_and_multi_board_actions(boards: ServerHandle)
         "/scores/update", {"actionId": started["actionId"], "ticket": started["ticket"]}, tok
     )
     assert status == 200, body
+    assert body["visibleAt"] == 1
     assert body["boards"] == {
-        "global": {"season": 1, "score": 50, "improved": True},
-        "weekly": {"season": 1, "score": 50, "improved": True},
+        "global": {"season": 1, "score": 50, "improved": True, "visibleAt": 1},
+        "weekly": {"season": 1, "score": 50, "improved": True, "visibleAt": 1},
     }
     # A backend mints a lap-time ticket: the player redeems it, never choosing the value.
     lap = ticket("pia", None, scores={"laps": 75_000}, metadata={"car": "red"})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +215,8 @@ async def test_a_removed_player_starts_from_zero(mod: Driver) -> None:
     # On a best board too: a slower lap than the removed one counts.
     await mod.remove("lap", "ann")
     slower = await mod.credit("ann", {"lap": 85_000})
-    assert slower["boards"]["lap"] == {"season": 1, "score": 85_000, "improved": True}
+    # lap: ann's and cat's credits, then ann's removal, took versions 1 to 3.
+    assert slower["boards"]["lap"] == {"season": 1, "score": 85_000, "improved": True, "visibleAt": 4}
     await check_reads(server, mod.model, ["ann", "bob", "cat"])
 
 
@@ -243,6 +244,7 @@ async def test_a_blocked_player_is_refused_everywhere_until_unblocked(mod: Drive
     for path in ("/scores/update", "/api/score/update"):
         status, body = await server.post(path, ticket("ann", None, scores={"global": 1}), ann_token)
         assert (status, body["error"]["code"]) == (403, "user_blocked"), path
+    await mod.settle_refused(["global"], 2)
     await mod.credit("ann", {"global": 1})  # the model expects 403 user_blocked
     status, body = await server.post("/api/actions", {"type": "quest"}, ann_token)
     assert (status, body["error"]["code"]) == (403, "user_blocked")
@@ -259,6 +261,7 @@ async def test_a_blocked_player_is_refused_everywhere_until_unblocked(mod: Drive
     )
     reply = await service_ws.receive_json(timeout=5)
     assert (reply["type"], reply["id"], reply["error"]["code"]) == ("error", "s1", "user_blocked")
+    await mod.settle_refused(["global"], 2)  # w1 and s1
     # Retries of actions credited before the block get their original answers, on both transports.
     await service_ws.send_json({"type": "score.update", "id": "s2", **mod.bodies["ann-level"]})
     reply = await service_ws.receive_json(timeout=5)
@@ -477,6 +480,20 @@ async def test_watchers_see_each_change_as_ordinary_diffs(mod: Driver) -> None:
 Answer = tuple[dict[str, Any], int, dict[str, Any]]  # body, status (403 for a user_blocked frame), answer
 
 
+def visible_at(answers: list[Answer], board: str) -> list[int]:
+    """The `visibleAt` on `board` of each credited answer, in the order given.
+
+    Concurrent updates share batches, so how many versions they take depends on timing;
+    what holds is their order: one in a later batch has a higher version.
+    """
+    return [answer["boards"][board]["visibleAt"] for _, status, answer in answers if status == 200]
+
+
+async def board_versions(server: ServerHandle, boards: Iterable[str]) -> dict[str, int]:
+    """Every board's current version, as its reads say."""
+    return {board: (await ok(server, f"/api/boards/{board}/scores?limit=1"))["version"] for board in boards}
+
+
 async def stream(
     server: ServerHandle, bodies: list[dict[str, Any]], transport: str, answered: Callable[[], None]
 ) -> list[Answer]:
@@ -572,6 +589,14 @@ async def test_a_revert_racing_the_players_updates(mod: Driver) -> None:
         model.credit(body["actionId"], "ann", body["scores"])
     for body, _, _ in bob:
         model.credit(body["actionId"], "bob", body["scores"])
+    # ann's ledger is in commit order, after x (version 1 of both boards), and the revert
+    # took a global version between her k-th credit and the next (it left level as it was).
+    for board in ("global", "level"):
+        seen = visible_at(ledger, board)
+        assert seen == sorted(seen) and seen[0] >= 2, board
+    assert visible_at(ledger, "global")[k] >= visible_at(ledger, "global")[k - 1] + 2
+    # Updates came after the revert: each board's last commit was the highest `visibleAt`.
+    model.settle({board: max(visible_at([*answers, *bob], board)) for board in ("global", "level")})
     assert model.entry_of("global", "ann") == {"rank": 1, "userId": "ann", "username": "ann", "score": 40}
     await watcher.holds(model, ["global", "level"])
     await watcher.close()
@@ -613,6 +638,16 @@ async def test_a_block_racing_the_players_updates(mod: Driver) -> None:
     model.block("ann", "race")
     for body, _, _ in bob:
         model.credit(body["actionId"], "bob", body["scores"])
+    # ann's credits are in commit order, and the block (a version of both boards) came after
+    # them; after it came only bob's batches and the refused ones (which PostgreSQL numbers
+    # too, see Driver.settle_refused), so each board's version is within these bounds.
+    now = await board_versions(server, ("global", "level"))
+    for board in ("global", "level"):
+        seen, bobs = visible_at(ledger, board), visible_at(bob, board)
+        assert seen == sorted(seen) and seen[0] >= 1, board
+        later = len({v for v in bobs if v > seen[-1]})
+        assert max(seen[-1] + 1, *bobs) <= now[board] <= seen[-1] + 1 + later + len(refused), (board, now)
+    model.settle(now)
     for board in ("global", "level"):
         assert await read(server, f"/api/boards/{board}/users/ann") == (404, "user_not_found")
     await watcher.holds(model, ["global", "level"])
@@ -625,12 +660,14 @@ async def test_a_block_racing_the_players_updates(mod: Driver) -> None:
     for body, _, _ in refused:
         status, again = await server.post("/scores/update", body, server.service_token)
         assert (status, again["error"]["code"]) == (403, "user_blocked")
+    await mod.settle_refused(("global", "level"), len(refused))
     # After an unblock a refused action was never credited: it counts now, from zero.
     await mod.unblock("ann", "appeal")
     body = refused[0][0]
     status, answer = await server.post("/scores/update", body, server.service_token)
     assert (status, answer["duplicate"], answer["boards"]["global"]["score"]) == (200, False, 1)
-    model.credit(body["actionId"], "ann", body["scores"])
+    expected = model.credit(body["actionId"], "ann", body["scores"])
+    assert expected is not None and answer["visibleAt"] == expected["visibleAt"], (answer, expected)
     await check_reads(server, model, ["ann", "bob"])
 
 
@@ -660,6 +697,13 @@ async def test_a_removal_racing_the_players_updates(mod: Driver) -> None:
         model.credit(body["actionId"], "ann", body["scores"])
     for body, _, _ in bob:
         model.credit(body["actionId"], "bob", body["scores"])
+    # ann's ledger is in commit order, and the removal took a level version between her
+    # k-th credit and the next; updates came after it: the highest `visibleAt` is each board's.
+    for board in ("global", "level"):
+        seen = visible_at(ledger, board)
+        assert seen == sorted(seen) and seen[0] >= 1, board
+    assert visible_at(ledger, "level")[k] >= visible_at(ledger, "level")[k - 1] + 2
+    model.settle({board: max(visible_at([*answers, *bob], board)) for board in ("global", "level")})
     assert (await ok(server, "/api/boards/level/users/ann"))["score"] == values[-1]
     assert (await ok(server, "/api/boards/global/users/ann"))["score"] == 40
     await watcher.holds(model, ["global", "level"])

@@ -6,7 +6,10 @@ block after it. A record is the fold of its live credits (incr adds, best
 keeps the strictly better value, latest takes the value; a changed record
 takes the credit's time, metadata and, if given, name), a board is the sort
 of its records by the ranking rule. Requests are sent one at a time, so
-commit order is request order and `reached_at` follows it.
+commit order is request order and `reached_at` follows it, and every board's
+version (+1 per commit that touched it: a credit, a removal or block of an
+entry, a revert that changed a record, a season end) is known exactly: each
+update's `visibleAt` and each read's `version` are checked against it.
 
 A seeded random sequence of credits, retries, removals, blocks, unblocks,
 reverts (double ones, of duplicates, of unknown and refused actions) and
@@ -157,6 +160,8 @@ class Model:
     blocked: set[str] = field(default_factory=set)
     audit: list[tuple[str, str, str | None]] = field(default_factory=list)
     seq: int = 0
+    # Every board's version: the number of commits that touched it.
+    versions: dict[str, int] = field(default_factory=dict)
     # Rows by (board, season, user), and rankings computed since the last change.
     by_key: dict[tuple[str, int, str], list[Row]] = field(default_factory=dict)
     cache: dict[tuple[str, int], list[Rec]] = field(default_factory=dict)
@@ -164,7 +169,18 @@ class Model:
     @classmethod
     def of(cls, specs: Iterable[Spec]) -> Model:
         by_id = {s.id: s for s in specs}
-        return cls(by_id, dict.fromkeys(by_id, 1), {b: [] for b in by_id})
+        return cls(by_id, dict.fromkeys(by_id, 1), {b: [] for b in by_id}, versions=dict.fromkeys(by_id, 0))
+
+    def settle(self, versions: dict[str, int]) -> None:
+        """Take the board versions a server reached through concurrent changes.
+
+        How many commits concurrent updates take depends on batching, so a test that
+        replays them in the model checks the server's versions for what it can
+        promise (bounds, order), then hands them over here: later changes count on.
+        (The answers the model keeps for replayed credits number them one by one:
+        `Driver.retry` is for credits the driver sent one at a time.)
+        """
+        self.versions.update(versions)
 
     @property
     def default(self) -> str:
@@ -217,13 +233,15 @@ class Model:
         username: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
-        """Credit a fresh action; its expected answer (`boards`, `newScore`), None if refused."""
+        """Credit a fresh action; its expected answer (`boards`, `newScore`, `visibleAt`), None if
+        refused. The action is one commit: every board it writes takes its next version."""
         if user in self.blocked:
             return None
         self.seq += 1
         boards: dict[str, Any] = {}
         for board, value in scores.items():
             season = self.season[board]
+            self.versions[board] += 1
             before = self.record(board, season, user)
             row = Row(self.seq, action, user, board, season, value, username, metadata)
             self.rows.append(row)
@@ -231,10 +249,16 @@ class Model:
             self.cache.clear()
             after = self.record(board, season, user)
             assert after is not None
-            boards[board] = {"season": season, "score": after.score, "improved": after != before}
+            boards[board] = {
+                "season": season,
+                "score": after.score,
+                "improved": after != before,
+                "visibleAt": self.versions[board],
+            }
         answer: dict[str, Any] = {"boards": boards}
         if self.default in scores:
             answer["newScore"] = boards[self.default]["score"]
+            answer["visibleAt"] = boards[self.default]["visibleAt"]
         self.answers[action] = answer
         return answer
 
@@ -251,6 +275,7 @@ class Model:
             return 404, "user_not_found"
         for row in self._rows_of(board, season, user):
             row.removed = True
+        self.versions[board] += 1
         self.audit.append(("remove_entry", f"boards/{board}/users/{user}", reason))
         return 200, {"board": board, "season": season, "userId": user, "removed": entry}
 
@@ -267,6 +292,7 @@ class Model:
                         "score": entry["score"],
                     }
                 )
+                self.versions[board] += 1  # the entry's removal is a commit on that board
             for row in self._rows_of(board, self.season[board], user):
                 row.removed = True
         changed = user not in self.blocked
@@ -292,11 +318,14 @@ class Model:
         self.reverted.add(action)
         self.cache.clear()
         boards: dict[str, Any] = {}
+        before = {row.board: self.record(row.board, row.season, user) for row in rows}
         for row in rows:
             row.reverted = True
         for row in rows:
             rec = self.record(row.board, row.season, user)
             boards[row.board] = {"season": row.season, "score": None if rec is None else rec.score}
+            if rec != before[row.board] and row.season in self.seasons(row.board):
+                self.versions[row.board] += 1  # a kept record changed: a commit on that board
         self.audit.append(("revert", f"actions/{action}", reason))
         return 200, {"actionId": action, "userId": user, "reverted": True, "boards": boards}
 
@@ -304,6 +333,7 @@ class Model:
         self.ended[board].append(self.season[board])
         self.audit.append(("reset", f"boards/{board}/seasons/{self.season[board]}", reason))
         self.season[board] += 1
+        self.versions[board] += 1
         self.cache.clear()
 
     # -- reads
@@ -325,6 +355,7 @@ class Model:
             "score": rec.score,
             "rank": i + 1,
             "total": len(ranked),
+            "version": self.versions[board],
         }
         if rec.metadata is not None:
             body["metadata"] = rec.metadata
@@ -338,19 +369,29 @@ class Model:
         width = min(n, 2 * count + 1)
         first = min(max(i - count, 0), n - width)
         entries = [ranked[j].entry(j + 1) for j in range(first, first + width)]
-        return 200, {"board": board, "season": season, "total": n, "entries": entries}
+        return 200, self._listing(board, season, n, entries)
 
     def page_read(self, board: str, season: int, offset: int, limit: int | None) -> Expected:
         ranked = self.ranked(board, season)
         limit = self.specs[board].top_k if limit is None else limit
         entries = [ranked[j].entry(j + 1) for j in range(offset, min(len(ranked), offset + limit))]
-        return 200, {"board": board, "season": season, "total": len(ranked), "entries": entries}
+        return 200, self._listing(board, season, len(ranked), entries)
 
     def friends_read(self, board: str, season: int, ids: Sequence[str]) -> Expected:
         ranked = self.ranked(board, season)
         wanted = set(ids)
         entries = [rec.entry(j + 1) for j, rec in enumerate(ranked) if rec.user in wanted]
-        return 200, {"board": board, "season": season, "total": len(ranked), "entries": entries}
+        return 200, self._listing(board, season, len(ranked), entries)
+
+    def _listing(self, board: str, season: int, total: int, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        """A page, window or friends list; `version` is the board's, whatever the season read."""
+        return {
+            "board": board,
+            "season": season,
+            "version": self.versions[board],
+            "total": total,
+            "entries": entries,
+        }
 
 
 # -- talking to a server -------------------------------------------------------
@@ -456,7 +497,7 @@ async def check_reads(
         assert got == expected, path
     status, body = await server.get("/scores")
     assert status == 200
-    assert body["topUsers"] == model.top(model.default)
+    assert body == {"topUsers": model.top(model.default), "version": model.versions[model.default]}
 
 
 class Watcher:
@@ -574,13 +615,29 @@ class Driver:
         if expected is None:
             assert (status, answer["error"]["code"]) == (403, "user_blocked"), answer
             self.refused.append(body)
+            await self.settle_refused(scores)
             return dict(answer)
         assert status == 200, answer
         assert answer["duplicate"] is False, answer
         assert answer["boards"] == expected["boards"], (body, answer, expected)
         assert answer.get("newScore") == expected.get("newScore"), (body, answer)
+        assert answer.get("visibleAt") == expected.get("visibleAt"), (body, answer)
         self.bodies[body["actionId"]] = body
         return dict(answer)
+
+    async def settle_refused(self, boards: Iterable[str], refusals: int = 1) -> None:
+        """Take the versions of `boards` after `refusals` updates refused for a block.
+
+        A refused update changes no record, but its batch may still have taken the
+        versions of the boards it names: PostgreSQL numbers a batch's boards before it
+        reads the blocks (so that a block committed first is seen), SQLite reads them
+        first. So each board's version is the model's or up to `refusals` more.
+        """
+        for board in boards:
+            version = (await ok(self.server, f"/api/boards/{q(board)}/scores?limit=1"))["version"]
+            low = self.model.versions[board]
+            assert low <= version <= low + refusals, (board, version, low, refusals)
+            self.model.settle({board: version})
 
     async def retry(self, action: str) -> dict[str, Any]:
         """Send a credited action again: its original answer, and nothing changes."""
@@ -592,6 +649,7 @@ class Driver:
         assert answer["duplicate"] is True, answer
         assert answer["boards"] == original["boards"], (action, answer, original)
         assert answer.get("newScore") == original.get("newScore"), (action, answer)
+        assert answer.get("visibleAt") == original.get("visibleAt"), (action, answer)  # the original's
         return dict(answer)
 
     async def _admin(self, method: str, path: str, reason: str | None, expected: Expected) -> Any:

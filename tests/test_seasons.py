@@ -78,9 +78,10 @@ async def test_a_scheduled_end_starts_an_empty_season_and_keeps_the_archive(
     clock.now = ends + 0.5  # past midnight UTC
     second = await credit(server, "bob", {"daily": 3, "global": 3})
     # The update committed after the end: it counts in season 2 alone.
+    # daily: ann's credit was version 1, the season end 2, this update 3; global never ended.
     assert second["boards"] == {
-        "daily": {"season": 2, "score": 3, "improved": True},
-        "global": {"season": 1, "score": 3, "improved": True},
+        "daily": {"season": 2, "score": 3, "improved": True, "visibleAt": 3},
+        "global": {"season": 1, "score": 3, "improved": True, "visibleAt": 2},
     }
     assert await scores(server, "daily") == [("bob", 3)]
     assert await scores(server, "daily", 1) == [("ann", 5)]
@@ -194,12 +195,20 @@ async def test_subscribers_get_the_season_event_then_the_new_season(
             "season": 2,
             "epoch": daily["epoch"],
             "seq": daily["seq"] + 1,
+            "version": 2,  # ann's credit was version 1; the season end is 2
         }
         snapshot = await ws.receive_json(timeout=5)
-        assert (snapshot["type"], snapshot["season"], snapshot["seq"], snapshot["topUsers"]) == (
+        assert (
+            snapshot["type"],
+            snapshot["season"],
+            snapshot["seq"],
+            snapshot["version"],
+            snapshot["topUsers"],
+        ) == (
             "scoreboard:update",
             2,
             daily["seq"] + 1,
+            2,
             [],
         )
         over_sse = [await anext(events), await anext(events)]

@@ -20,11 +20,14 @@ async def test_service_update_credits_and_returns_board(server: ServerHandle) ->
         "userId": "alice",
         "newScore": 5,
         "duplicate": False,
-        "boards": {"global": {"season": 1, "score": 5, "improved": True}},
+        # The first commit on a fresh board is its version 1.
+        "visibleAt": 1,
+        "boards": {"global": {"season": 1, "score": 5, "improved": True, "visibleAt": 1}},
         "topUsers": [{"rank": 1, "userId": "alice", "username": "Alice", "score": 5}],
     }
     body = await server.credit("alice", 3)
     assert body["newScore"] == 8
+    assert body["visibleAt"] == body["boards"]["global"]["visibleAt"] == 2
     assert await server.top() == [{"rank": 1, "userId": "alice", "username": "Alice", "score": 8}]
 
 
@@ -164,7 +167,8 @@ async def test_memory_ack_answers_202_and_stores_within_the_interval(
         if standing[0] == 200:
             break
         await asyncio.sleep(0.02)
-    assert standing == (200, {"userId": "mem", "username": "mem", "score": 4, "rank": 1})
+    # One batch committed: the read includes the board's version 1.
+    assert standing == (200, {"userId": "mem", "username": "mem", "score": 4, "rank": 1, "version": 1})
     # Exactly once still holds: the duplicate is accepted but not credited again.
     status, _ = await server.post("/scores/update", service_update("mem", 4, "m-1"), server.service_token)
     assert status == 202
