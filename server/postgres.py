@@ -32,6 +32,7 @@ from .store import (
     CreditRow,
     DataRefused,
     Moderated,
+    Outcome,
     Record,
     ScanChunk,
     SeasonChange,
@@ -422,7 +423,9 @@ class PostgresStore(ScriptedStore):
         duplicate of that writer's credit.
         """
         existing = await self._existing(con, [u.action_id for u in batch])
-        plan = plan_batch(batch, existing)
+        # The blocks this process knows keep their updates off the board
+        # versions; the table, read under the locks, has the last word.
+        plan = plan_batch(batch, existing, self._blocked)
         seasons: dict[str, int] = {}
         versions: dict[str, int] = {}
         boards = plan.boards()
@@ -433,12 +436,23 @@ class PostgresStore(ScriptedStore):
         missing = [b for b in boards if b not in versions or b not in self._specs]
         if missing:
             raise DataRefused(f"there is no board {missing[0]!r}")
-        users = sorted({batch[i].user_id for i in plan.fresh})
-        blocked = {r[0] for r in await con.fetch(_BLOCKED, users)}
-        self._blocked.difference_update(users)
-        self._blocked.update(blocked)
-        if blocked:
+        asked = sorted(
+            {
+                u.user_id
+                for u, r in zip(batch, plan.results, strict=True)
+                if r is None or r.outcome is Outcome.BLOCKED
+            }
+        )
+        blocked = {r[0] for r in await con.fetch(_BLOCKED, asked)}
+        if blocked != self._blocked.intersection(asked):
+            self._blocked.difference_update(asked)
+            self._blocked.update(blocked)
             plan = plan_batch(batch, existing, blocked)
+            # A player unblocked by another process may write boards not
+            # locked yet (rare: out of id order, so a deadlock is retried).
+            extra = [b for b in plan.boards() if b not in versions]
+            for row in await con.fetch(_TAKE_VERSIONS, extra) if extra else []:
+                seasons[row[0]], versions[row[0]] = row[1], row[2]
         fresh = sorted(plan.fresh, key=lambda i: batch[i].action_id)
         if not fresh:
             return plan, seasons, versions
