@@ -464,4 +464,3 @@ async def test_history_lost_in_redis_starts_a_new_epoch_everywhere(
     assert late.events[0]["type"] == "scoreboard:update" and late.events[0]["epoch"] in epochs
     for watcher in [*watchers, late]:
         await watcher.stop()
-
