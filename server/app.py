@@ -56,6 +56,7 @@ SERVICE = web.AppKey("service", ScoreService)
 HUBS = web.AppKey("hubs", Hubs)
 WS = web.AppKey("ws", WsEndpoint)
 SSE = web.AppKey("sse", SseEndpoint)
+SEQUENCER = web.AppKey("sequencer", Sequencer)
 
 
 def create_app(
@@ -188,7 +189,7 @@ async def _storage(
             state, top = await store.load_board(hub.id, hub.spec.top_k)
             hub.reload(state, top)
         # Several processes: every board's events are one sequence in Redis.
-        sequencer = None if redis_client is None else _sequencer(settings, board_hubs, redis_client)
+        sequencer = _sequencer(app, settings, board_hubs, redis_client)
         # Every rank comes after, in the background: the top K and updates
         # are served meanwhile, and rank reads go to the store until then.
 
@@ -346,9 +347,13 @@ def _follower(
     return bus
 
 
-def _sequencer(settings: Settings, hubs: Hubs, redis_client: Redis) -> Sequencer:
-    """Each board's shared event sequence, started (after the boards loaded)."""
-    sequencer = Sequencer(
+def _sequencer(
+    app: web.Application, settings: Settings, hubs: Hubs, redis_client: Redis | None
+) -> Sequencer | None:
+    """Each board's shared event sequence, started (after the boards loaded); None for one process."""
+    if redis_client is None:
+        return None
+    sequencer = app[SEQUENCER] = Sequencer(
         hubs,
         redis_client,
         prefix=settings.redis_prefix,

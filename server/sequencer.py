@@ -169,6 +169,7 @@ class Sequencer:
         self._tasks: list[asyncio.Task[None]] = []
         self.steps = 0
         self.conflicts = 0
+        self.reads = 0
 
     def _key(self, board: str, what: str) -> str:
         # The braces make a board's keys one Redis Cluster slot.
@@ -234,8 +235,11 @@ class Sequencer:
                     builder = await self._builder(hub)
                 if builder is None:
                     continue
+                started = loop.time()
                 if await self._step(hub, builder):
-                    await asyncio.sleep(self._tick)  # coalesce: one step per tick at most
+                    # Coalesce: one step per tick at most, counted from when
+                    # this one began (the append's round trip is part of it).
+                    await asyncio.sleep(max(0.0, started + self._tick - loop.time()))
                     wake.set()
                 elif builder.seq < 0:
                     builder = None  # the head moved under us: read it again
@@ -303,6 +307,12 @@ class Sequencer:
             builder.seq = -1
             return False
         self.steps += 1
+        feed = hub.feed
+        if feed.epoch == builder.epoch and feed.seq == previous:
+            # This process's own subscribers get the step now; the relay
+            # skips it when it reads it back.
+            feed.take(events)
+            hub.broadcaster.publish_events(events)
         return True
 
     async def _read_head(self, board: str) -> Head | None:
@@ -330,6 +340,7 @@ class Sequencer:
                 for hub in self._hubs:
                     await self._resync(hub)
                 while True:
+                    self.reads += 1
                     found = cast(
                         list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
                         await self._redis.xread(
@@ -364,11 +375,11 @@ class Sequencer:
         feed = hub.feed
         for entry_id, fields in entries:
             events = _events(entry_id, fields)
-            if not events:
+            first = events[0] if events else None
+            if first is None or (first.epoch == feed.epoch and first.seq <= feed.seq):
+                # Empty, or already here (this process made it): read past it.
+                self._last_id[hub.id] = _text(entry_id)
                 continue
-            first = events[0]
-            if first.epoch == feed.epoch and first.seq <= feed.seq:
-                continue  # already have it
             if first.epoch != feed.epoch or first.seq != feed.seq + 1:
                 await self._resync(hub)  # a new epoch, or steps trimmed away: start from the head
                 return

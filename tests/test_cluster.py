@@ -464,3 +464,20 @@ async def test_history_lost_in_redis_starts_a_new_epoch_everywhere(
     assert late.events[0]["type"] == "scoreboard:update" and late.events[0]["epoch"] in epochs
     for watcher in [*watchers, late]:
         await watcher.stop()
+
+
+async def test_a_quiet_relay_waits_for_steps_instead_of_spinning(
+    cluster: list[ServerHandle], pg_url: str
+) -> None:
+    from scoreboard.app import SEQUENCER
+
+    for i in range(30):
+        await cluster[i % 3].credit(f"q{i % 12}", i + 1)
+    await wait_converged(cluster, pg_url, "global")
+    assert any(s.app[SEQUENCER].leading for s in cluster)  # one of them makes the steps and takes its own
+    before = [s.app[SEQUENCER].reads for s in cluster]
+    await asyncio.sleep(1.0)
+    reads = [s.app[SEQUENCER].reads - b for s, b in zip(cluster, before, strict=True)]
+    # A blocking read returns after block_s (0.5 s) when nothing comes: a
+    # handful per second, not one per loop iteration.
+    assert all(r <= 6 for r in reads), reads
