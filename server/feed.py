@@ -239,8 +239,17 @@ class Feed:
             self._snapshot = event if event.kind == SNAPSHOT else None
             self._history.append(event)
 
-    def restart(self, epoch: str, seq: int, season: int, version: int, board: Sequence[Entry]) -> None:
-        """Start following a shared sequence at `epoch:seq`, with no history yet."""
+    def restart(
+        self,
+        epoch: str,
+        seq: int,
+        season: int,
+        version: int,
+        board: Sequence[Entry],
+        *,
+        history: Sequence[Event] = (),
+    ) -> None:
+        """Start following a shared sequence at `epoch:seq`, with the earlier events kept (oldest first)."""
         self.epoch = epoch
         self.seq = seq
         self.season = season
@@ -248,13 +257,7 @@ class Feed:
         self._board = tuple(board)
         self._snapshot = None
         self._history.clear()
-
-    def remember(self, events: Sequence[Event]) -> None:
-        """Keep older events of the shared sequence for resuming (oldest first, up to `seq`)."""
-        kept = [e for e in events if e.epoch == self.epoch and e.seq <= self.seq]
-        newer = list(self._history)
-        self._history.clear()
-        self._history.extend(kept + [e for e in newer if not kept or e.seq > kept[-1].seq])
+        self._history.extend(e for e in history if e.epoch == epoch and e.seq <= seq)
 
     def since(self, token: str | None) -> list[Event]:
         """What a client at `token` needs to reach `seq`: missed events, or a snapshot.

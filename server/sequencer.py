@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -407,12 +406,18 @@ class Sequencer:
         if before == (head.epoch, head.seq):
             self._last_id[hub.id] = f"{head.seq}-0"
             return
-        feed.restart(head.epoch, head.seq, head.season, head.version, head.board)
-        feed.remember([e for step in steps for e in step])
+        feed.restart(
+            head.epoch,
+            head.seq,
+            head.season,
+            head.version,
+            head.board,
+            history=[e for step in steps for e in step],
+        )
         self._last_id[hub.id] = f"{head.seq}-0"
         missed = feed.since(f"{before[0]}:{before[1]}")
         hub.broadcaster.publish_events(missed)
         log.info(
             "relay_synced",
-            extra={"fields": {"board": hub.id, "epoch": head.epoch, "seq": head.seq, "at": time.time()}},
+            extra={"fields": {"board": hub.id, "epoch": head.epoch, "seq": head.seq}},
         )

@@ -291,3 +291,36 @@ async def test_a_stuck_subscriber_is_closed_with_1013_and_logged(caplog: pytest.
     assert logs[0].fields["conn_id"] == "stuck"  # type: ignore[attr-defined]
     assert ok.seqs == [0, 1]
     broadcaster.close()
+
+
+async def test_following_a_shared_sequence_a_position_ahead_waits_then_gives_up_with_1013() -> None:
+    # Several processes: a client may resume here from a position another
+    # process already sent it; it is subscribed once this process reaches
+    # it, never sent an older board, and closed (try again) if that takes
+    # longer than the wait.
+    board = Board(3)
+    clock = FakeClock(100.0)
+    other = Feed("shared", [])  # the sequence as another process made it
+    steps = [other.publish([user(1, s)], s) for s in (5, 6, 7)]
+    feed = Feed("local", [])
+    feed.restart("shared", 1, 1, 5, [user(1, 5)], history=[e for e in steps[:1] if e is not None])
+    broadcaster = Broadcaster(feed, board, clock=clock, tick_s=0.01, wait_ahead_s=1.0)
+    broadcaster.relayed = True
+    ahead, stuck = Recorder("ahead", broadcaster), Recorder("stuck", broadcaster)
+    broadcaster.subscribe(ahead, "shared:2")
+    broadcaster.subscribe(stuck, "shared:3")
+    assert ahead.events == [] and stuck.events == []  # nothing older than their positions
+    step = steps[1]
+    assert step is not None
+    feed.take([step])
+    broadcaster.publish_events([step])
+    assert ahead.events == [] and len(broadcaster) == 1  # at seq 2 now: subscribed, nothing missed
+    clock.advance(1.5)
+    await asyncio.sleep(0.05)
+    assert stuck.aborted == 1013 and stuck.events == []
+    last = steps[2]
+    assert last is not None
+    feed.take([last])
+    broadcaster.publish_events([last])
+    assert ahead.seqs == [3]
+    broadcaster.close()

@@ -310,10 +310,6 @@ class Watcher:
         return [(e["userId"], e["score"]) for e in self.state.entries]
 
 
-async def top_rows(server: ServerHandle) -> list[tuple[str, int]]:
-    return [(e["userId"], e["score"]) for e in await server.top()]
-
-
 async def test_subscribers_on_every_process_get_one_numbered_sequence(
     cluster: list[ServerHandle], pg_url: str
 ) -> None:
